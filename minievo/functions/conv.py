@@ -1,0 +1,189 @@
+"""2-D convolution: a fast im2col version and a plain loop version to check it against.
+
+Shapes: input x (N, C, H, W), weight (O, C, kh, kw), bias (O,), output (N, O, OH, OW) with
+OH = (H + 2*padding - kh) // stride + 1 (likewise OW).
+
+im2col turns the convolution into one matrix product. Every output position (n, oh, ow) reads a
+C*kh*kw patch of the input; lay those patches out as the rows of a matrix ``cols`` of shape
+(N*OH*OW, C*kh*kw) and the convolution is ``cols @ W.reshape(O, -1).T``. The patches are taken
+as a strided *view* of the padded input (no copy, see :func:`patches_view`) and copied once into
+the contiguous ``cols`` that the matrix product wants.
+"""
+
+from __future__ import annotations
+
+from minievo.autograd import Function
+from minievo.backend import get_array_module
+
+
+def conv_output_size(size: int, k: int, stride: int, padding: int) -> int:
+    out = (size + 2 * padding - k) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"convolution output would be empty: input {size}, kernel {k}, stride {stride}, "
+            f"padding {padding}"
+        )
+    return out
+
+
+def _as_strided(xp, x, shape, strides):
+    if xp.__name__ == "cupy":
+        from cupy.lib.stride_tricks import as_strided
+    else:
+        from numpy.lib.stride_tricks import as_strided
+    return as_strided(x, shape=shape, strides=strides)
+
+
+def pad2d(x, padding: int):
+    """Zero-pad the two spatial axes of an (N, C, H, W) array."""
+    if padding == 0:
+        return x
+    xp = get_array_module(x)
+    p = padding
+    return xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+def patches_view(xp_padded, kh: int, kw: int, stride: int):
+    """A (N, OH, OW, C, kh, kw) strided view: [n, oh, ow] is the patch under output (oh, ow).
+
+    No data is copied; the view steps through the input ``stride`` pixels per output pixel.
+    """
+    xp = get_array_module(xp_padded)
+    n, c, h, w = xp_padded.shape
+    oh = (h - kh) // stride + 1
+    ow = (w - kw) // stride + 1
+    sn, sc, sh, sw = xp_padded.strides
+    return _as_strided(
+        xp, xp_padded, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw)
+    )
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """Patches of x as rows: (N*OH*OW, C*kh*kw), one contiguous copy."""
+    xp = get_array_module(x)
+    view = patches_view(xp.ascontiguousarray(pad2d(x, padding)), kh, kw, stride)
+    n, oh, ow, c, _, _ = view.shape
+    return xp.ascontiguousarray(view).reshape(n * oh * ow, c * kh * kw), (oh, ow)
+
+
+def col2im(dcols, x_shape, kh: int, kw: int, stride: int, padding: int, oh: int, ow: int):
+    """The adjoint of im2col: add every patch gradient back onto the input positions it read.
+
+    ``dcols`` has shape (N, OH, OW, C, kh, kw). One strided add per kernel offset (i, j):
+    kh*kw vectorised adds instead of a loop over output pixels.
+    """
+    xp = get_array_module(dcols)
+    n, c, h, w = x_shape
+    hp, wp = h + 2 * padding, w + 2 * padding
+    dx = xp.zeros((n, c, hp, wp), dtype=dcols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += dcols[
+                :, :, :, :, i, j
+            ].transpose(0, 3, 1, 2)
+    if padding:
+        dx = dx[:, :, padding:-padding, padding:-padding]
+    return dx
+
+
+def _check_conv_args(x, w, b):
+    if x.ndim != 4:
+        raise ValueError(f"conv2d expects input of shape (N, C, H, W), got {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"conv2d expects weight of shape (O, C, kh, kw), got {w.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"conv2d: input has {x.shape[1]} channels but the weight expects {w.shape[1]} "
+            f"(input {x.shape}, weight {w.shape})"
+        )
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"conv2d: bias shape {b.shape} does not match {w.shape[0]} filters")
+
+
+class Conv2d(Function):
+    """Convolution via im2col and one GEMM; the backward reuses the saved ``cols``."""
+
+    def forward(self, x, w, b=None, stride=1, padding=0):
+        _check_conv_args(x, w, b)
+        n, _, h, wd = x.shape
+        o, c, kh, kw = w.shape
+        conv_output_size(h, kh, stride, padding)
+        conv_output_size(wd, kw, stride, padding)
+        cols, (oh, ow) = im2col(x, kh, kw, stride, padding)
+        y = cols @ w.reshape(o, -1).T  # (N*OH*OW, O)
+        if b is not None:
+            y += b
+        self.cols, self.w, self.x_shape = cols, w, x.shape
+        self.args = (kh, kw, stride, padding, oh, ow)
+        self.has_bias = b is not None
+        # NHWC in memory, returned as an NCHW view: no transposing copy on the way out.
+        return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+
+    def backward(self, gy):
+        kh, kw, stride, padding, oh, ow = self.args
+        o = self.w.shape[0]
+        gy_mat = gy.transpose(0, 2, 3, 1).reshape(-1, o)  # (N*OH*OW, O)
+        gx = gw = gb = None
+        if self.needs_grad[1]:
+            gw = (gy_mat.T @ self.cols).reshape(self.w.shape)
+        if self.has_bias and self.needs_grad[2]:
+            gb = gy_mat.sum(axis=0)
+        if self.needs_grad[0]:
+            n = self.x_shape[0]
+            c = self.x_shape[1]
+            dcols = (gy_mat @ self.w.reshape(o, -1)).reshape(n, oh, ow, c, kh, kw)
+            gx = col2im(dcols, self.x_shape, kh, kw, stride, padding, oh, ow)
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+class Conv2dReference(Function):
+    """The same convolution as plain loops over the kernel offsets (for tests and chapters).
+
+    y[n, o, p, q] = b[o] + sum_{c, i, j} x_pad[n, c, p*s + i, q*s + j] * w[o, c, i, j]
+    """
+
+    def forward(self, x, w, b=None, stride=1, padding=0):
+        _check_conv_args(x, w, b)
+        xp = get_array_module(x)
+        o, c, kh, kw = w.shape
+        xpad = pad2d(x, padding)
+        oh = conv_output_size(x.shape[2], kh, stride, padding)
+        ow = conv_output_size(x.shape[3], kw, stride, padding)
+        y = xp.zeros((x.shape[0], o, oh, ow), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                window = xpad[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
+                y += xp.einsum("nchw,oc->nohw", window, w[:, :, i, j])
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        self.xpad, self.w, self.args = xpad, w, (stride, padding, oh, ow)
+        self.has_bias = b is not None
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        stride, padding, oh, ow = self.args
+        o, c, kh, kw = self.w.shape
+        gw = xp.zeros_like(self.w)
+        gxpad = xp.zeros_like(self.xpad)
+        for i in range(kh):
+            for j in range(kw):
+                sl = (slice(None), slice(None), slice(i, i + stride * oh, stride),
+                      slice(j, j + stride * ow, stride))
+                gw[:, :, i, j] = xp.einsum("nohw,nchw->oc", gy, self.xpad[sl])
+                gxpad[sl] += xp.einsum("nohw,oc->nchw", gy, self.w[:, :, i, j])
+        gx = gxpad[:, :, padding:-padding, padding:-padding] if padding else gxpad
+        gb = gy.sum(axis=(0, 2, 3))
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0):
+    """2-D convolution (cross-correlation, as in every DL framework) via im2col + GEMM."""
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2d.apply(*args, stride=int(stride), padding=int(padding))
+
+
+def conv2d_reference(x, weight, bias=None, stride: int = 1, padding: int = 0):
+    """Loop version of :func:`conv2d` with the same signature and result."""
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return Conv2dReference.apply(*args, stride=int(stride), padding=int(padding))

@@ -1,0 +1,118 @@
+"""Neural-network ops: linear, dropout, log-softmax and the softmax cross-entropy loss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minievo.autograd import Function
+from minievo.backend import get_array_module
+
+
+class Linear(Function):
+    """y = x W^T + b with x (N, in), W (out, in), b (out,)."""
+
+    def forward(self, x, w, b=None):
+        if x.ndim != 2:
+            raise ValueError(f"linear expects input of shape (N, in_features), got {x.shape}")
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(
+                f"linear: input has {x.shape[1]} features but the weight expects {w.shape[1]} "
+                f"(input {x.shape}, weight {w.shape})"
+            )
+        self.x, self.w, self.has_bias = x, w, b is not None
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
+
+    def backward(self, gy):
+        gx = gy @ self.w if self.needs_grad[0] else None
+        gw = gy.T @ self.x if self.needs_grad[1] else None
+        if not self.has_bias:
+            return gx, gw
+        gb = gy.sum(axis=0) if self.needs_grad[2] else None
+        return gx, gw, gb
+
+
+class Dropout(Function):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
+
+    def forward(self, x, p=0.5, rng=None):
+        xp = get_array_module(x)
+        rng = rng if rng is not None else np.random.default_rng()
+        u = xp.asarray(rng.random(x.shape, dtype=np.float32))
+        self.scale = ((u >= p) / (1.0 - p)).astype(x.dtype)
+        return x * self.scale
+
+    def backward(self, gy):
+        return gy * self.scale
+
+
+class LogSoftmax(Function):
+    """log softmax along ``axis``: x - logsumexp(x), computed with the max subtracted."""
+
+    def forward(self, x, axis=-1):
+        xp = get_array_module(x)
+        z = x - x.max(axis=axis, keepdims=True)
+        self.y = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
+        self.axis = axis
+        return self.y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        # d/dx_i sum_j gy_j y_j = gy_i - softmax_i * sum_j gy_j
+        return gy - xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True)
+
+
+class SoftmaxCrossEntropy(Function):
+    """Mean over the batch of -log softmax(logits)[label]. logits (N, K), labels (N,) ints."""
+
+    def forward(self, logits, labels):
+        xp = get_array_module(logits)
+        if logits.ndim != 2:
+            raise ValueError(f"cross-entropy expects logits (N, K), got {logits.shape}")
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(
+                f"cross-entropy: labels shape {labels.shape} does not match batch "
+                f"{logits.shape[0]}"
+            )
+        n, k = logits.shape
+        labels = labels.astype(xp.int64, copy=False)
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"cross-entropy: labels must lie in [0, {k}), got "
+                             f"{int(labels.min())}..{int(labels.max())}")
+        z = logits - logits.max(axis=1, keepdims=True)
+        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        self.p, self.labels = xp.exp(logp), labels
+        return -logp[xp.arange(n), labels].mean()
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        n = self.p.shape[0]
+        g = self.p.copy()
+        g[xp.arange(n), self.labels] -= 1
+        return g * (gy / n), None
+
+
+def linear(x, weight, bias=None):
+    return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+
+
+def dropout(x, p: float = 0.5, training: bool = True, rng=None):
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must lie in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    return Dropout.apply(x, p=p, rng=rng)
+
+
+def log_softmax(x, axis: int = -1):
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Fused softmax + negative log-likelihood, averaged over the batch."""
+    from minievo.autograd import Tensor
+
+    lab = labels.data if isinstance(labels, Tensor) else labels
+    return SoftmaxCrossEntropy.apply(logits, Tensor(lab))
