@@ -43,47 +43,68 @@ def pad2d(x, padding: int):
     return xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
 
 
-def patches_view(xp_padded, kh: int, kw: int, stride: int):
+def patches_view(x_padded, kh: int, kw: int, stride: int):
     """A (N, OH, OW, C, kh, kw) strided view: [n, oh, ow] is the patch under output (oh, ow).
 
-    No data is copied; the view steps through the input ``stride`` pixels per output pixel.
+    ``x_padded`` is (N, C, H, W) with any strides. No data is copied; the view steps through
+    the input ``stride`` pixels per output pixel.
     """
-    xp = get_array_module(xp_padded)
-    n, c, h, w = xp_padded.shape
+    xp = get_array_module(x_padded)
+    n, c, h, w = x_padded.shape
     oh = (h - kh) // stride + 1
     ow = (w - kw) // stride + 1
-    sn, sc, sh, sw = xp_padded.strides
+    sn, sc, sh, sw = x_padded.strides
     return _as_strided(
-        xp, xp_padded, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw)
+        xp, x_padded, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw)
     )
 
 
-def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """Patches of x as rows: (N*OH*OW, C*kh*kw), one contiguous copy."""
+def _channels_last(x):
+    """x (N, C, H, W) as a C-contiguous (N, H, W, C) array (free when already laid out so)."""
     xp = get_array_module(x)
-    view = patches_view(xp.ascontiguousarray(pad2d(x, padding)), kh, kw, stride)
-    n, oh, ow, c, _, _ = view.shape
-    return xp.ascontiguousarray(view).reshape(n * oh * ow, c * kh * kw), (oh, ow)
+    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """Patches of x as rows: (N*OH*OW, kh*kw*C), one contiguous copy.
+
+    The columns run over (i, j, c) with the channel fastest: the copy then moves runs of C
+    contiguous floats (the data is kept channels-last in memory, see :class:`Conv2d`).
+    Returns the matrix and (OH, OW).
+    """
+    xp = get_array_module(x)
+    xh = _channels_last(x)
+    n, h, w, c = xh.shape
+    if padding:
+        p = padding
+        xh = xp.pad(xh, ((0, 0), (p, p), (p, p), (0, 0)))
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    sn, sh, sw, sc = xh.strides
+    view = _as_strided(xp, xh, (n, oh, ow, kh, kw, c),
+                       (sn, sh * stride, sw * stride, sh, sw, sc))
+    return xp.ascontiguousarray(view).reshape(n * oh * ow, kh * kw * c), (oh, ow)
 
 
 def col2im(dcols, x_shape, kh: int, kw: int, stride: int, padding: int, oh: int, ow: int):
     """The adjoint of im2col: add every patch gradient back onto the input positions it read.
 
-    ``dcols`` has shape (N, OH, OW, C, kh, kw). One strided add per kernel offset (i, j):
-    kh*kw vectorised adds instead of a loop over output pixels.
+    ``dcols`` has shape (N, OH, OW, kh, kw, C). One strided add per kernel offset (i, j):
+    kh*kw vectorised adds instead of a loop over output pixels. Returns an (N, C, H, W) view of
+    channels-last memory.
     """
     xp = get_array_module(dcols)
     n, c, h, w = x_shape
     hp, wp = h + 2 * padding, w + 2 * padding
-    dx = xp.zeros((n, c, hp, wp), dtype=dcols.dtype)
+    dx = xp.zeros((n, hp, wp, c), dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += dcols[
-                :, :, :, :, i, j
-            ].transpose(0, 3, 1, 2)
+            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += dcols[
+                :, :, :, i, j, :
+            ]
     if padding:
-        dx = dx[:, :, padding:-padding, padding:-padding]
-    return dx
+        dx = dx[:, padding:-padding, padding:-padding, :]
+    return dx.transpose(0, 3, 1, 2)
 
 
 def _check_conv_args(x, w, b):
@@ -110,10 +131,11 @@ class Conv2d(Function):
         conv_output_size(h, kh, stride, padding)
         conv_output_size(wd, kw, stride, padding)
         cols, (oh, ow) = im2col(x, kh, kw, stride, padding)
-        y = cols @ w.reshape(o, -1).T  # (N*OH*OW, O)
+        w_mat = w.transpose(0, 2, 3, 1).reshape(o, -1)  # (O, kh*kw*C), matching the columns
+        y = cols @ w_mat.T  # (N*OH*OW, O)
         if b is not None:
             y += b
-        self.cols, self.w, self.x_shape = cols, w, x.shape
+        self.cols, self.w_mat, self.w_shape, self.x_shape = cols, w_mat, w.shape, x.shape
         self.args = (kh, kw, stride, padding, oh, ow)
         self.has_bias = b is not None
         # NHWC in memory, returned as an NCHW view: no transposing copy on the way out.
@@ -121,17 +143,16 @@ class Conv2d(Function):
 
     def backward(self, gy):
         kh, kw, stride, padding, oh, ow = self.args
-        o = self.w.shape[0]
+        o, c = self.w_shape[0], self.w_shape[1]
         gy_mat = gy.transpose(0, 2, 3, 1).reshape(-1, o)  # (N*OH*OW, O)
         gx = gw = gb = None
         if self.needs_grad[1]:
-            gw = (gy_mat.T @ self.cols).reshape(self.w.shape)
+            gw = (gy_mat.T @ self.cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         if self.has_bias and self.needs_grad[2]:
             gb = gy_mat.sum(axis=0)
         if self.needs_grad[0]:
             n = self.x_shape[0]
-            c = self.x_shape[1]
-            dcols = (gy_mat @ self.w.reshape(o, -1)).reshape(n, oh, ow, c, kh, kw)
+            dcols = (gy_mat @ self.w_mat).reshape(n, oh, ow, kh, kw, c)
             gx = col2im(dcols, self.x_shape, kh, kw, stride, padding, oh, ow)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from minievo.autograd import Function
 from minievo.backend import get_array_module
-from minievo.functions.conv import conv_output_size, patches_view
+from minievo.functions.conv import conv_output_size
 
 
 def _check(x, k, stride):
@@ -19,6 +19,14 @@ def _check(x, k, stride):
 
 
 class MaxPool2d(Function):
+    """Running maximum over the k*k strided views x[:, :, i::s, j::s] of the windows.
+
+    Each view is one offset (i, j) of every window at once, so the work is k*k vectorised
+    comparisons. ``self.index`` keeps, per output, which offset won (first maximum on ties),
+    and backward routes the gradient there. Results keep the memory layout of the input
+    (channels-last data from a convolution stays channels-last).
+    """
+
     def forward(self, x, kernel_size=2, stride=None):
         xp = get_array_module(x)
         k = kernel_size
@@ -26,31 +34,28 @@ class MaxPool2d(Function):
         _check(x, k, s)
         n, c, h, w = x.shape
         oh, ow = (h - k) // s + 1, (w - k) // s + 1
-        if s == k and h == oh * k and w == ow * k:
-            # Non-overlapping tiles: splitting H and W into (OH, k) and (OW, k) is a free view.
-            win = x.reshape(n, c, oh, k, ow, k).transpose(0, 1, 2, 4, 3, 5)
-        else:
-            win = patches_view(xp.ascontiguousarray(x), k, k, s)
-            win = win.transpose(0, 3, 1, 2, 4, 5)  # (N, C, OH, OW, k, k)
-        win = xp.ascontiguousarray(win).reshape(n, c, oh, ow, k * k)
-        self.arg = win.argmax(axis=-1)[..., None]
-        self.x_shape, self.k, self.s, self.out = x.shape, k, s, (oh, ow)
-        return xp.take_along_axis(win, self.arg, axis=-1)[..., 0]
+        y = index = None
+        for i in range(k):
+            for j in range(k):
+                v = x[:, :, i : i + s * oh : s, j : j + s * ow : s]
+                if y is None:
+                    y = v.copy(order="K")
+                    index = xp.zeros(y.shape, dtype=xp.int8)
+                    continue
+                better = v > y
+                xp.copyto(index, i * k + j, where=better)
+                xp.maximum(y, v, out=y)
+        self.index, self.x, self.k, self.s, self.out = index, x, k, s, (oh, ow)
+        return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        n, c, h, w = self.x_shape
         k, s = self.k, self.s
         oh, ow = self.out
-        gwin = xp.zeros((n, c, oh, ow, k * k), dtype=gy.dtype)
-        xp.put_along_axis(gwin, self.arg, gy[..., None], axis=-1)
-        gwin = gwin.reshape(n, c, oh, ow, k, k)
-        if s == k and h == oh * k and w == ow * k:
-            return gwin.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h, w)
-        gx = xp.zeros(self.x_shape, dtype=gy.dtype)
-        for i in range(k):  # overlapping windows: add each offset's share back
+        gx = xp.zeros_like(self.x)
+        for i in range(k):
             for j in range(k):
-                gx[:, :, i : i + s * oh : s, j : j + s * ow : s] += gwin[..., i, j]
+                gx[:, :, i : i + s * oh : s, j : j + s * ow : s] += gy * (self.index == i * k + j)
         return gx
 
 
