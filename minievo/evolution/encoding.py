@@ -210,27 +210,51 @@ def cluster_strength(weight, mask=None, granularity: str = "kernel"):
     return a.sum(axis=_CLUSTER_AXES[granularity])
 
 
-def normalisation(strength) -> float:
-    """Normalisation constant Z = max strength / ln 2 (Z_s for synapses, Z_c for clusters).
+def reference_strength(strength, quantile: float = 1.0) -> float:
+    """The strength that gets probability exactly 1: the max, or a quantile of live strengths.
 
-    Returns 0.0 for a layer whose strengths are all zero (no synapse left).
+    METHOD.md fixes the reference at the maximum (``quantile=1``). A quantile below 1 is this
+    project's documented extension: strengths above it get p = min(1, ...) = 1, which raises
+    the retention of a generation above what the maximum allows (see README, "Results").
+    Returns 0.0 when nothing is alive.
     """
+    if not 0 < quantile <= 1:
+        raise ValueError(f"normalisation quantile must lie in (0, 1], got {quantile}")
     if strength.size == 0:
         return 0.0
-    return float(strength.max()) / math.log(2.0)
-
-
-def _probability(strength):
-    """exp(s / Z) - 1 with Z = max s / ln 2, which equals 2 ** (s / max s) - 1."""
+    if quantile == 1:
+        return float(strength.max())
     xp = get_array_module(strength)
-    s_max = float(strength.max()) if strength.size else 0.0
-    if s_max == 0.0:
+    live = strength[strength > 0]
+    return float(xp.quantile(live, quantile)) if live.size else 0.0
+
+
+def normalisation(strength, quantile: float = 1.0) -> float:
+    """Normalisation constant Z = max strength / ln 2 (Z_s for synapses, Z_c for clusters).
+
+    With ``quantile`` < 1 the maximum is replaced by that quantile of the live strengths.
+    Returns 0.0 for a layer whose strengths are all zero (no synapse left).
+    """
+    return reference_strength(strength, quantile) / math.log(2.0)
+
+
+def _probability(strength, reference: float | None = None):
+    """exp(s / Z) - 1 with Z = s_ref / ln 2, which equals 2 ** (s / s_ref) - 1, capped at 1.
+
+    ``reference`` defaults to max s (METHOD.md), where the cap never bites.
+    """
+    xp = get_array_module(strength)
+    s_ref = float(strength.max()) if strength.size else 0.0
+    if reference is not None:
+        s_ref = reference
+    if s_ref == 0.0:
         # Nothing alive in this layer: every probability is 0 (no 0 / 0).
         return xp.zeros(strength.shape, dtype=xp.float64)
-    # exp(s / Z) with Z = s_max / ln 2 is exp(ln 2 * s / s_max) = 2 ** (s / s_max). We evaluate
+    # exp(s / Z) with Z = s_ref / ln 2 is exp(ln 2 * s / s_ref) = 2 ** (s / s_ref). We evaluate
     # the power of two because it is exact at both ends: s = s_max gives 2 ** 1 - 1 = 1 and s = 0
     # gives 2 ** 0 - 1 = 0, where exp(s / Z) misses 1 by a rounding error of ln 2 in ~3% of layers.
-    return xp.exp2(strength / s_max) - 1.0
+    p = xp.exp2(strength / s_ref) - 1.0
+    return p if reference is None else xp.minimum(p, 1.0)
 
 
 def synapse_probability(weight, mask=None):
@@ -309,7 +333,7 @@ class GeneticEncoding:
 
 def encode_layer(
     weight, mask=None, granularity: str = "kernel", *, protect_clusters: bool = False,
-    name: str = "",
+    name: str = "", synapse_reference: float | None = None, cluster_quantile: float = 1.0,
 ) -> GeneticEncoding:
     """Encode one layer: synapse and cluster strengths, normalisations and probabilities.
 
@@ -322,6 +346,9 @@ def encode_layer(
         granularity: "kernel" or "filter" for a Conv2d weight, "neuron" for a Linear weight.
         protect_clusters: mark the layer's clusters as never dropped (the output layer).
         name: a label for messages and statistics.
+        synapse_reference: the strength given p = 1 (default: this layer's max, METHOD.md);
+            see :func:`encode` for the network-wide and quantile options.
+        cluster_quantile: quantile of the live cluster strengths given P = 1 (1 = the max).
 
     Returns:
         A :class:`GeneticEncoding` whose arrays live on the weight's backend.
@@ -329,15 +356,17 @@ def encode_layer(
     check_granularity(granularity, weight.ndim)
     a = synapse_strength(weight, mask)
     big_a = a.sum(axis=_CLUSTER_AXES[granularity])
+    s_ref = reference_strength(a) if synapse_reference is None else synapse_reference
+    c_ref = reference_strength(big_a, cluster_quantile)
     return GeneticEncoding(
         granularity=granularity,
         weight_shape=tuple(weight.shape),
         synapse_strength=a,
         cluster_strength=big_a,
-        z_s=normalisation(a),
-        z_c=normalisation(big_a),
-        synapse_probability=_probability(a),
-        cluster_probability=_probability(big_a),
+        z_s=s_ref / math.log(2.0),
+        z_c=c_ref / math.log(2.0),
+        synapse_probability=_probability(a, None if synapse_reference is None else s_ref),
+        cluster_probability=_probability(big_a, None if cluster_quantile == 1 else c_ref),
         protect_clusters=protect_clusters,
         name=name,
     )
@@ -376,8 +405,12 @@ def named_prunable_layers(model_or_layers) -> list[tuple[str, object]]:
     return list(prunable_layers(model_or_layers))
 
 
+NORMALISATION_SCOPES = ("layer", "network")
+
+
 def encode(
-    model_or_layers, granularity: str = "kernel", protect_output: bool = True
+    model_or_layers, granularity: str = "kernel", protect_output: bool = True, *,
+    synapse_quantile: float = 1.0, cluster_quantile: float = 1.0, scope: str = "layer",
 ) -> dict[str, GeneticEncoding]:
     """Encode every prunable layer of the ancestor (METHOD.md section 3).
 
@@ -388,19 +421,37 @@ def encode(
         granularity: the conv granularity, "kernel" (default) or "filter".
         protect_output: mark the last prunable layer (the output layer, whose neurons are the
             classes) so that its clusters are never dropped.
+        synapse_quantile, cluster_quantile: the reference strength that gets probability 1 is
+            this quantile of the live strengths; 1 (default) is the maximum of METHOD.md.
+        scope: "layer" (default, METHOD.md): Z_s per layer; "network": one Z_s for all layers,
+            so synapses compete by strength across the whole network (clusters, whose sizes
+            differ between layers, keep a per-layer Z_c).
 
     Returns:
         {layer name: GeneticEncoding}, in forward order.
     """
+    if scope not in NORMALISATION_SCOPES:
+        raise ValueError(f"unknown normalisation scope {scope!r}; valid scopes are: "
+                         f"{', '.join(NORMALISATION_SCOPES)}")
     layers = named_prunable_layers(model_or_layers)
+    arrays = [layer_arrays(layer) for _, layer in layers]
+    refs: list[float | None] = [None] * len(layers)
+    if scope == "network":
+        xp = get_array_module(arrays[0][0]) if arrays else None
+        every = xp.concatenate([synapse_strength(w, m).ravel() for w, m in arrays]) if arrays \
+            else None
+        refs = [reference_strength(every, synapse_quantile)] * len(layers)
+    elif synapse_quantile != 1:
+        refs = [reference_strength(synapse_strength(w, m), synapse_quantile) for w, m in arrays]
     encodings = {}
-    for k, (name, layer) in enumerate(layers):
-        weight, mask = layer_arrays(layer)
+    for k, ((name, _), (weight, mask)) in enumerate(zip(layers, arrays)):
         encodings[name] = encode_layer(
             weight,
             mask,
             layer_granularity(weight.ndim, granularity),
             protect_clusters=protect_output and k == len(layers) - 1,
             name=name,
+            synapse_reference=refs[k],
+            cluster_quantile=cluster_quantile,
         )
     return encodings

@@ -198,6 +198,7 @@ def synthesize_offspring(
     granularity: str = "kernel",
     protect_output: bool = True,
     return_stats: bool = False,
+    **encoding_options,
 ):
     """Sample the masks of one offspring of the ancestor (one generation's synthesis).
 
@@ -214,6 +215,8 @@ def synthesize_offspring(
             use "neuron".
         protect_output: never drop the last prunable layer's neurons (the classes) as clusters.
         return_stats: also return an :class:`OffspringStats`.
+        **encoding_options: normalisation options of :func:`minievo.evolution.encoding.encode`
+            (synapse_quantile, cluster_quantile, scope); the defaults are METHOD.md's.
 
     Returns:
         The list of offspring masks, one per prunable layer in forward order (0/1 arrays with
@@ -221,7 +224,8 @@ def synthesize_offspring(
     """
     rng = _check_rng(rng)
     layers = named_prunable_layers(model_or_layers)
-    encodings = encode(layers, granularity=granularity, protect_output=protect_output)
+    encodings = encode(layers, granularity=granularity, protect_output=protect_output,
+                       **encoding_options)
     if isinstance(env, TargetRetention):
         solution = env.solve(encodings)
         env, expected_fraction = solution.env, solution.expected_fraction

@@ -1,0 +1,238 @@
+"""The ``minievo`` command.
+
+    minievo train    --model lenet5 --dataset mnist --epochs 10 --out runs/lenet5
+    minievo evolve   --dataset mnist --generations 12 --out runs/evo [--quick]
+    minievo report   runs/evo
+    minievo data fetch mnist
+    minievo doctor
+    minievo assignments new DIR | grade [DIR]
+
+Every command takes ``--backend numpy|cupy``. Errors that come from bad input are printed as
+one line (``minievo: error: ...``) with exit status 2, not as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from minievo import backend
+from minievo.experiment import (
+    TRAIN_DEFAULTS,
+    UsageError,
+    check_run_dir,
+    make_loaders,
+    make_optimizer,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from minievo import init, models, training
+    from minievo.checkpoint import atomic_write_text
+
+    cfg = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
+    cfg["limit_train"] = args.limit_train
+    out = Path(args.out)
+    resume = check_run_dir(out, cfg, "train")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.json", json.dumps({"kind": "train", "config": cfg},
+                                                          indent=2))
+    init.manual_seed(cfg["seed"])
+    model = models.build(cfg["model"]).to(args.backend)
+    train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
+                                  data_dir=args.data_dir, limit_train=args.limit_train,
+                                  backend_name=args.backend)
+    opt, sched = make_optimizer(model, cfg)
+    ck = out / "checkpoint.npz"
+    state = None
+    if resume and ck.exists():
+        state, _ = training.load_training_checkpoint(ck, model, opt)
+        print(f"resuming {out} at epoch {state.epoch + 1}, batch {state.step_in_epoch}")
+    state = training.fit(model, train, opt, cfg["epochs"], scheduler=sched, test_loader=test,
+                         checkpoint_path=ck, state=state, progress=not args.no_progress)
+    final = state.history[-1] if state.history else {}
+    metrics = {"config": cfg, "history": state.history,
+               "test_accuracy": final.get("test_accuracy"),
+               "train_seconds": state.train_seconds, "backend": args.backend}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    print(f"test accuracy {100 * final.get('test_accuracy', 0):.2f}% after {state.epoch} epochs, "
+          f"{state.train_seconds:.0f}s training; wrote {ck} and {out / 'metrics.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# data, doctor
+# ----------------------------------------------------------------------------------------------
+def cmd_data(args) -> int:
+    import data_loaders as dl
+
+    path = dl.fetch_dataset(args.name, data_dir=args.data_dir)
+    print(f"{args.name}: ready in {path}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import numpy as np
+
+    print(f"minievo      {_version()}")
+    print(f"python       {platform.python_version()} ({platform.machine()}, "
+          f"{os.cpu_count()} cpus)")
+    print(f"numpy        {np.__version__}")
+    try:
+        import scipy
+
+        print(f"scipy        {scipy.__version__}")
+    except ImportError:
+        print("scipy        not installed")
+    print(f"BLAS         {_blas_info()}")
+    print(f"backend      default {backend.get_backend()} "
+          f"(MINIEVO_BACKEND={os.environ.get('MINIEVO_BACKEND', 'unset')})")
+    try:
+        import cupy
+
+        print(f"cupy         {cupy.__version__}")
+    except Exception as exc:
+        print(f"cupy         not usable: {type(exc).__name__}: {exc}")
+        cupy = None
+    if cupy is not None:
+        try:
+            rt = cupy.cuda.runtime.runtimeGetVersion()
+            drv = cupy.cuda.runtime.driverGetVersion()
+            print(f"CUDA         runtime {rt // 1000}.{rt % 1000 // 10}, "
+                  f"driver {drv // 1000}.{drv % 1000 // 10}")
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            print(f"device       {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
+        except Exception as exc:
+            print(f"CUDA         no usable device: {type(exc).__name__}: {exc}")
+    print(f"RawKernel    {_kernel_check()}")
+    return 0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("minievo")
+    except Exception:
+        return "unknown (not installed)"
+
+
+def _blas_info() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+
+        libs = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            return "; ".join(libs)
+    except ImportError:
+        pass
+    import numpy as np
+
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version', '')}".strip()
+    except Exception:
+        return "unknown"
+
+
+def _kernel_check() -> str:
+    try:
+        from minievo.sparse import kernels as K
+    except Exception as exc:
+        return f"kernel module unavailable: {exc}"
+    try:
+        return K.self_check()
+    except Exception as exc:
+        return f"FAILED: {type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def _add_common(p):
+    p.add_argument("--backend", default=os.environ.get("MINIEVO_BACKEND", "numpy"),
+                   help="numpy (CPU) or cupy (GPU)")
+    p.add_argument("--data-dir", default=None,
+                   help="a folder that already holds the dataset files (checked first)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minievo", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (checkpoints and resumes)")
+    _add_common(p)
+    for key, default in TRAIN_DEFAULTS.items():
+        flag = "--" + key.replace("_", "-")
+        p.add_argument(flag, type=type(default), default=default)
+    p.add_argument("--limit-train", type=int, default=None,
+                   help="use only the first N training images")
+    p.add_argument("--out", default="runs/train")
+    p.set_defaults(func=cmd_train)
+
+    try:
+        from minievo.evolution import cli as evo_cli
+    except ImportError:
+        evo_cli = None
+    if evo_cli is not None:
+        evo_cli.add_commands(sub, _add_common)
+
+    p = sub.add_parser("data", help="fetch datasets ahead of time")
+    p.add_argument("action", choices=["fetch"])
+    p.add_argument("name", help="mnist, fashion-mnist or cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("doctor", help="versions, BLAS, CUDA, and a kernel compile check")
+    p.add_argument("--backend", default=None)
+    p.set_defaults(func=cmd_doctor)
+
+    try:
+        from minievo import assignments
+    except ImportError:
+        assignments = None
+    if assignments is not None:
+        assignments.add_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from minievo.checkpoint import CheckpointError
+    from minievo.training import TrainingDiverged
+
+    try:
+        import data_loaders
+
+        data_error = data_loaders.DataError
+    except Exception:
+        data_error = ValueError
+    try:
+        if getattr(args, "backend", None):
+            backend.set_backend(args.backend)
+        return args.func(args)
+    except (UsageError, backend.BackendError, CheckpointError, TrainingDiverged,
+            data_error) as exc:
+        print(f"minievo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nminievo: interrupted; the last checkpoint is kept, rerun the same command "
+              "to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The generation loop (METHOD.md section 4): a lineage of ever sparser networks.
+
+Generation 0 is the ancestor: a dense network trained from scratch. Each later generation
+
+1. encodes its ancestor (synapse and cluster probabilities, :mod:`.encoding`);
+2. synthesises an offspring (masks sampled under the environmental factor, :mod:`.synthesis`);
+3. initialises the offspring's weights (``offspring_init``: inherit, reinit or rewind);
+4. trains it with the masks enforced;
+5. evaluates it, records the generation's row, checkpoints; the offspring becomes the ancestor.
+
+Everything random is seeded from ``(seed, generation, offspring)``, never from a running state,
+so a lineage interrupted at any point and resumed produces exactly the table an uninterrupted
+run would. On disk (``out/``):
+
+    config.json            the run's configuration (a different run refuses this folder)
+    generation0_init.npz   the ancestor's weights before training (for ``rewind``)
+    gen_000/train.npz      training checkpoint of the generation under way (resumable)
+    gen_000/model.npz      the finished generation's network, masks included
+    lineage.json           one row per finished generation (written atomically)
+    table.csv/.json/.md    the per-generation table; plots in *.png (see :mod:`.report`)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minievo import checkpoint as ckpt
+from minievo import init, models, training
+from minievo.evolution.environment import EnvironmentalFactor, TargetRetention
+from minievo.evolution.metrics import model_metrics
+from minievo.evolution.synthesis import OFFSPRING_INITS, apply_offspring_init, synthesize_offspring
+from minievo.experiment import UsageError, check_run_dir, make_loaders, make_optimizer
+from minievo.layers import prunable_layers
+
+
+@dataclass
+class EvolutionConfig:
+    """Everything that defines a lineage; two runs with equal configs give equal tables."""
+
+    model: str = "lenet5"
+    dataset: str = "mnist"
+    generations: int = 12
+    seed: int = 0
+    # training recipe (Caffe LeNet-5 solver)
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_policy: str = "inv"
+    ancestor_epochs: int = 10
+    offspring_epochs: int = 2
+    # the method
+    f_c: float = 1.0
+    f_s: float = 1.0
+    target_retention: float | None = None
+    granularity: str = "kernel"
+    offspring_init: str = "inherit"
+    # normalisation of the encoding (METHOD.md: per layer, reference = the maximum)
+    normalisation_scope: str = "layer"
+    synapse_quantile: float = 1.0
+    cluster_quantile: float = 1.0
+    # options beyond the paper (off by default)
+    offspring_per_generation: int = 1
+    val_fraction: float = 0.0
+    stop_margin: float | None = None
+    # a trained ancestor to start from (a `minievo train` checkpoint or a lineage model.npz)
+    ancestor_path: str | None = None
+    # data size (quick runs)
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def validate(self) -> None:
+        from minievo.evolution.encoding import CONV_GRANULARITIES
+
+        if self.model not in models.MODELS:
+            raise UsageError(f"unknown model {self.model!r}; choose one of: "
+                             f"{', '.join(models.MODELS)}")
+        for name in ("f_c", "f_s"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise UsageError(f"environmental factor {name} = {v} is outside (0, 1]")
+        if self.target_retention is not None and not 0 < self.target_retention <= 1:
+            raise UsageError(f"target retention {self.target_retention} is outside (0, 1]")
+        if self.granularity not in CONV_GRANULARITIES:
+            raise UsageError(f"unknown granularity {self.granularity!r}; choose one of: "
+                             f"{', '.join(CONV_GRANULARITIES)}")
+        if self.offspring_init not in OFFSPRING_INITS:
+            raise UsageError(f"unknown offspring_init {self.offspring_init!r}; choose one of: "
+                             f"{', '.join(OFFSPRING_INITS)}")
+        from minievo.evolution.encoding import NORMALISATION_SCOPES
+
+        if self.normalisation_scope not in NORMALISATION_SCOPES:
+            raise UsageError(f"unknown normalisation scope {self.normalisation_scope!r}; "
+                             f"choose one of: {', '.join(NORMALISATION_SCOPES)}")
+        for name in ("synapse_quantile", "cluster_quantile"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise UsageError(f"{name} = {v} is outside (0, 1]")
+        if self.generations < 0:
+            raise UsageError(f"generations must be >= 0, got {self.generations}")
+        if self.offspring_per_generation < 1:
+            raise UsageError("offspring_per_generation must be >= 1")
+        if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
+                0 < self.val_fraction < 1):
+            raise UsageError("choosing the fittest offspring or a stopping rule needs a "
+                             "validation split: set val_fraction in (0, 1) (never the test set)")
+
+    def environment(self):
+        if self.target_retention is not None:
+            return TargetRetention(self.target_retention)
+        return EnvironmentalFactor(self.f_c, self.f_s)
+
+
+PRESETS: dict[str, dict] = {
+    # The paper-scale run: Caffe LeNet-5 on full MNIST. F calibrated on this machine so that
+    # about a dozen generations pass 125x synaptic efficiency (see README, "Results").
+    "paper-mnist": dict(model="lenet5", dataset="mnist", generations=12, ancestor_epochs=6,
+                        offspring_epochs=2, f_c=1.0, f_s=1.0),
+    # A few-minute run of the same pipeline on a slice of MNIST.
+    "quick": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=1,
+                  offspring_epochs=1, f_c=1.0, f_s=1.0, limit_train=6000, limit_test=2000),
+}
+
+
+@dataclass
+class Lineage:
+    """A lineage being run in folder ``out``."""
+
+    config: EvolutionConfig
+    out: Path
+    backend: str = "numpy"
+    data_dir: str | None = None
+    progress: bool = True
+    log: object = print
+    rows: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        self.config.validate()
+        self.input_shape = models.INPUT_SHAPES[self.config.model]
+
+    # ----- files -----------------------------------------------------------------------------
+    def _gen_dir(self, g: int, k: int | None = None) -> Path:
+        d = self.out / f"gen_{g:03d}"
+        return d / f"offspring_{k}" if k is not None else d
+
+    def _save_rows(self) -> None:
+        ckpt.atomic_write_text(self.out / "lineage.json", json.dumps(
+            {"config": asdict(self.config), "rows": self.rows}, indent=1))
+
+    def _load_rows(self) -> list:
+        p = self.out / "lineage.json"
+        return json.loads(p.read_text())["rows"] if p.exists() else []
+
+    def _new_model(self):
+        return models.build(self.config.model).to(self.backend)
+
+    def _load_model(self, path: Path):
+        model = self._new_model()
+        arrays, meta = ckpt.load(path)
+        if meta.get("model") != self.config.model:
+            raise ckpt.CheckpointError(
+                f"{path}: checkpoint is of model {meta.get('model')!r}, this run uses "
+                f"{self.config.model!r}")
+        model.load_state_dict(arrays)
+        return model
+
+    def _load_ancestor(self, path: Path):
+        """A trained generation 0 from a `minievo train` checkpoint or a lineage model.npz."""
+        arrays, meta = ckpt.load(path)
+        if any(k.startswith("model/") for k in arrays):
+            arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+        model = self._new_model()
+        try:
+            model.load_state_dict(arrays)
+        except (KeyError, ValueError) as exc:
+            raise ckpt.CheckpointError(
+                f"{path}: this checkpoint does not fit model {self.config.model!r}: {exc}"
+            ) from exc
+        return model
+
+    def _save_model(self, model, path: Path, generation: int) -> None:
+        ckpt.save(path, model.state_dict(), {"model": self.config.model,
+                                             "generation": generation})
+
+    # ----- the loop --------------------------------------------------------------------------
+    def run(self) -> list:
+        """Run (or resume) the lineage; returns the per-generation rows."""
+        cfg = self.config
+        resume = check_run_dir(self.out, asdict(cfg), "evolve")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            ckpt.atomic_write_text(self.out / "config.json", json.dumps(
+                {"kind": "evolve", "config": asdict(cfg)}, indent=2))
+        self.rows = self._load_rows()
+        if self.rows:
+            self.log(f"resuming {self.out}: generations 0..{self.rows[-1]['generation']} "
+                     "already finished")
+        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
+                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
+                                    self.backend)
+        init_path = self.out / "generation0_init.npz"
+        if not init_path.exists():
+            init.manual_seed(cfg.seed)
+            self._save_model(self._new_model(), init_path, -1)
+        self.gen0_state = ckpt.load(init_path)[0]
+
+        if not self.rows:
+            if cfg.ancestor_path:
+                ancestor = self._load_ancestor(Path(cfg.ancestor_path))
+                self._train_and_record(ancestor, 0, 0, self._gen_dir(0), {})
+            else:
+                ancestor = self._load_model(init_path)
+                self._train_and_record(ancestor, 0, cfg.ancestor_epochs, self._gen_dir(0), {})
+        ancestor = self._load_model(self._gen_dir(len(self.rows) - 1) / "model.npz")
+        while len(self.rows) <= cfg.generations:
+            g = len(self.rows)
+            if self._should_stop():
+                break
+            ancestor = self._generation(ancestor, g)
+        return self.rows
+
+    def _should_stop(self) -> bool:
+        cfg = self.config
+        if cfg.stop_margin is None or len(self.rows) < 2:
+            return False
+        first, last = self.rows[0]["val_accuracy"], self.rows[-1]["val_accuracy"]
+        if last < first - cfg.stop_margin:
+            self.log(f"stopping rule: validation accuracy {100 * last:.2f}% fell more than "
+                     f"{100 * cfg.stop_margin:.2f} points below generation 0's "
+                     f"{100 * first:.2f}%")
+            return True
+        return False
+
+    def _generation(self, ancestor, g: int):
+        cfg = self.config
+        ancestor_state = ancestor.state_dict()
+        best = None
+        for k in range(cfg.offspring_per_generation):
+            kdir = self._gen_dir(g, k if cfg.offspring_per_generation > 1 else None)
+            if (kdir / "model.npz").exists() and (kdir / "row.json").exists():
+                child = self._load_model(kdir / "model.npz")
+                row = json.loads((kdir / "row.json").read_text())
+            else:
+                child, info = self._synthesise(ancestor, ancestor_state, g, k)
+                row = self._train_and_record(child, g, cfg.offspring_epochs, kdir, info,
+                                             record=False)
+            if cfg.offspring_per_generation > 1:
+                row["offspring"] = k
+                ckpt.atomic_write_text(kdir / "row.json", json.dumps(row))
+            fitness = row.get("val_accuracy", row["test_accuracy"])
+            if best is None or fitness > best[0]:
+                best = (fitness, child, row, kdir)
+        _, child, row, kdir = best
+        if cfg.offspring_per_generation > 1:
+            self._save_model(child, self._gen_dir(g) / "model.npz", g)
+        self._record(row)
+        return child
+
+    def _synthesise(self, ancestor, ancestor_state, g: int, k: int):
+        """Sample offspring k of generation g and give it its starting weights."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, g, k, 1])
+        masks, stats = synthesize_offspring(
+            ancestor, cfg.environment(), rng, granularity=cfg.granularity, return_stats=True,
+            scope=cfg.normalisation_scope, synapse_quantile=cfg.synapse_quantile,
+            cluster_quantile=cfg.cluster_quantile)
+        child = self._new_model()
+        child.load_state_dict(ancestor_state)
+        apply_offspring_init(child, masks, cfg.offspring_init, ancestor_state=ancestor_state,
+                             generation0_state=self.gen0_state,
+                             rng=np.random.default_rng([cfg.seed, g, k, 2]))
+        env = stats.env
+        info = {"f_c": float(env.f_c), "f_s": float(env.f_s),
+                "expected_retention": float(stats.expected_fraction),
+                "sampled_retention": float(stats.fraction)}
+        return child, info
+
+    def _train_and_record(self, model, g: int, epochs: int, gdir: Path, info: dict,
+                          record: bool = True) -> dict:
+        cfg = self.config
+        train, val, test = self.loaders
+        gdir.mkdir(parents=True, exist_ok=True)
+        # A fresh optimiser and schedule per generation; shuffling seeded by (seed, g).
+        opt, sched = make_optimizer(model, asdict(cfg))
+        if hasattr(train, "seed"):
+            train.seed = cfg.seed * 100_003 + g
+        ck = gdir / "train.npz"
+        state = None
+        if ck.exists():
+            state, _ = training.load_training_checkpoint(ck, model, opt)
+            self.log(f"generation {g}: resuming training at epoch {state.epoch + 1}, "
+                     f"batch {state.step_in_epoch}")
+        if epochs > 0:
+            state = training.fit(model, train, opt, epochs, scheduler=sched, val_loader=val,
+                                 checkpoint_path=ck, state=state, progress=self.progress,
+                                 log=None, label=f"gen {g} ")
+        seconds = state.train_seconds if state else 0.0
+        t0 = time.perf_counter()
+        test_r = training.evaluate(model, test)
+        row = {"generation": g}
+        row.update(model_metrics(model, self.input_shape).as_row(self._reference()))
+        row["test_accuracy"] = test_r["accuracy"]
+        if val is not None:
+            row["val_accuracy"] = training.evaluate(model, val)["accuracy"]
+        row["train_seconds"] = round(seconds, 2)
+        row["eval_seconds"] = round(time.perf_counter() - t0, 2)
+        row.update(info)
+        self._save_model(model, gdir / "model.npz", g)
+        if record:
+            self._record(row)
+        return row
+
+    def _reference(self):
+        """Generation 0's metrics (efficiencies are relative to the ancestor)."""
+        if not hasattr(self, "_ref") or self._ref is None:
+            if (self._gen_dir(0) / "model.npz").exists():
+                self._ref = model_metrics(self._load_model(self._gen_dir(0) / "model.npz"),
+                                          self.input_shape)
+            else:
+                return None
+        return self._ref
+
+    def _record(self, row: dict) -> None:
+        self.rows.append(row)
+        self._save_rows()
+        from minievo.evolution import report
+
+        report.write_tables(self.out, self.rows)
+        self.log(report.format_row(row))
+
+
+def synapse_fractions(model) -> dict[str, float]:
+    """Per-layer density (live / all synapses) of a model."""
+    return {name: float((layer.mask != 0).sum()) / layer.mask.size
+            for name, layer in prunable_layers(model)}

@@ -1,0 +1,285 @@
+"""Training and evaluation loops with a progress bar, history, checkpoints and resume.
+
+``fit`` is deliberately plain: for each batch, forward, loss, backward, optimiser step. What it
+adds is what a long run needs:
+
+* a progress bar (images/s, loss, time left) on stderr;
+* a checkpoint (model, optimiser, history, position in the epoch) written atomically at the end
+  of every epoch and every ``checkpoint_seconds`` inside one, so a run killed at any moment
+  restarts from where it was with the same command;
+* a NaN/inf guard: training stops with :class:`TrainingDiverged` and the last good checkpoint is
+  left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minievo import checkpoint as ckpt
+from minievo import functions as F
+from minievo.autograd import Tensor, no_grad
+from minievo.backend import get_array_module
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class ProgressBar:
+    """A one-line text progress bar: ``label [#####.....] 512/938 loss 0.12 3120 img/s 0:12``.
+
+    Redrawn in place on a terminal; on a pipe or a log file it prints a line every 10%.
+    """
+
+    def __init__(self, total: int, label: str = "", enabled: bool = True, stream=None,
+                 width: int = 24):
+        self.total, self.label, self.enabled = max(int(total), 1), label, enabled
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.done = 0
+        self._last_decile = -1
+
+    def update(self, n: int = 1, **info) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        decile = 10 * self.done // self.total
+        if not self.tty and decile == self._last_decile and self.done < self.total:
+            return
+        self._last_decile = decile
+        elapsed = time.perf_counter() - self.start
+        frac = min(self.done / self.total, 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "." * (self.width - filled)
+        left = elapsed / frac - elapsed if frac > 0 else 0.0
+        extras = " ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+        )
+        line = (f"{self.label} [{bar}] {self.done}/{self.total} {extras} "
+                f"{_clock(elapsed)}<{_clock(left)}")
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100)[:160])
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty and self.done < self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def accuracy_count(logits, labels) -> int:
+    """Number of rows whose arg-max equals the label."""
+    return int((logits.argmax(axis=1) == labels).sum())
+
+
+def evaluate(model, loader, progress: bool = False) -> dict:
+    """Mean loss and accuracy of ``model`` over ``loader`` (eval mode, no graph)."""
+    was_training = model.training
+    model.eval()
+    total = correct = 0
+    loss_sum = 0.0
+    bar = ProgressBar(len(loader), "eval", enabled=progress)
+    try:
+        with no_grad():
+            for x, y in loader:
+                out = model(Tensor(x))
+                n = len(y)
+                loss_sum += float(F.softmax_cross_entropy(out, y).data) * n
+                correct += accuracy_count(out.data, y)
+                total += n
+                bar.update()
+    finally:
+        bar.close()
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"loss": loss_sum / total, "accuracy": correct / total, "samples": total}
+
+
+@dataclass
+class FitState:
+    """Where a run is: the next epoch to run, the batch inside it, and the history so far."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    history: list = field(default_factory=list)
+    train_seconds: float = 0.0
+    # Running sums of the epoch under way (so a resumed epoch reports the whole epoch).
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+
+
+def save_training_checkpoint(path, model, optimizer, state: FitState, meta: dict | None = None):
+    """Model, optimiser and FitState in one atomic .npz."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    arrays.update({f"optim/{k}": v for k, v in opt_state.items() if hasattr(v, "shape")})
+    info = dict(meta or {})
+    info["fit_state"] = {
+        "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "history": state.history,
+        "train_seconds": state.train_seconds, "loss_sum": state.loss_sum,
+        "correct": state.correct, "seen": state.seen,
+    }
+    info["optim_scalars"] = {k: v for k, v in opt_state.items() if not hasattr(v, "shape")}
+    ckpt.save(path, arrays, info)
+
+
+def load_training_checkpoint(path, model, optimizer=None) -> tuple[FitState, dict]:
+    """Restore model (and optimiser) from ``path``; returns (FitState, meta)."""
+    arrays, meta = ckpt.load(path)
+    model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    try:
+        model.load_state_dict(model_state)
+    except (KeyError, ValueError) as exc:
+        raise ckpt.CheckpointError(f"{path}: checkpoint is for another model: {exc}") from exc
+    if optimizer is not None:
+        opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+        opt_state.update(meta.get("optim_scalars", {}))
+        if "lr" in opt_state:
+            optimizer.load_state_dict(opt_state)
+    fs = meta.get("fit_state", {})
+    state = FitState(**{k: fs[k] for k in FitState.__dataclass_fields__ if k in fs})
+    return state, meta
+
+
+def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loader=None,
+        val_loader=None, checkpoint_path=None, checkpoint_seconds: float = 120.0,
+        state: FitState | None = None, meta: dict | None = None, progress: bool = True,
+        log=print, label: str = "") -> FitState:
+    """Train ``model`` for ``epochs`` epochs (counting those already in ``state``).
+
+    Args:
+        model: a Module; its masks are respected by the optimiser.
+        train_loader: yields (x, y) arrays; ``set_epoch(e)`` is called when it has one, so
+            the shuffling of epoch e is the same whether or not the run was resumed.
+        optimizer: an :class:`minievo.optim.Optimizer` over the model's parameters.
+        epochs: the total number of epochs the run should have when it returns.
+        scheduler: optional LR schedule with ``step()`` (called before every update).
+        test_loader / val_loader: evaluated after every epoch, recorded in the history.
+        checkpoint_path: where to save (atomically) after every epoch and every
+            ``checkpoint_seconds`` within one; None disables checkpoints.
+        state: a FitState to resume from (see :func:`load_training_checkpoint`).
+
+    Returns:
+        The final FitState; ``state.history`` has one dict per epoch.
+
+    Raises:
+        TrainingDiverged: when the loss is NaN or infinite (no checkpoint written after it).
+    """
+    state = state or FitState()
+    n_batches = len(train_loader)
+    if n_batches == 0:
+        raise ValueError("fit: the training loader has no batches")
+    model.train()
+    while state.epoch < epochs:
+        epoch = state.epoch
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        skip = state.step_in_epoch
+        bar = ProgressBar(n_batches, f"{label}epoch {epoch + 1}/{epochs}", enabled=progress)
+        bar.done = skip
+        t0 = time.perf_counter()
+        last_save = time.monotonic()
+        try:
+            if hasattr(train_loader, "batches"):  # resume without building skipped batches
+                batches = enumerate(train_loader.batches(epoch, start=skip), start=skip)
+            else:
+                batches = ((i, b) for i, b in enumerate(train_loader) if i >= skip)
+            for i, (x, y) in batches:
+                if scheduler is not None:
+                    scheduler.step()
+                optimizer.zero_grad()
+                out = model(Tensor(x))
+                loss = F.softmax_cross_entropy(out, y)
+                loss_value = float(loss.data)
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; "
+                        "stopping. The last good checkpoint is kept"
+                        + (f" at {checkpoint_path}" if checkpoint_path else "")
+                        + ". Try a smaller learning rate."
+                    )
+                loss.backward()
+                optimizer.step()
+                state.loss_sum += loss_value * len(y)
+                state.correct += accuracy_count(out.data, y)
+                state.seen += len(y)
+                state.step_in_epoch = i + 1
+                bar.update(loss=state.loss_sum / state.seen,
+                           lr=float(optimizer.lr))
+                if (checkpoint_path and checkpoint_seconds is not None
+                        and time.monotonic() - last_save > checkpoint_seconds
+                        and state.step_in_epoch < n_batches):
+                    state.train_seconds += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    save_training_checkpoint(checkpoint_path, model, optimizer, state, meta)
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+        state.train_seconds += time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": state.loss_sum / max(state.seen, 1),
+            "train_accuracy": state.correct / max(state.seen, 1),
+            "lr": float(optimizer.lr),
+            "train_seconds": round(state.train_seconds, 3),
+        }
+        if val_loader is not None:
+            r = evaluate(model, val_loader)
+            row.update(val_loss=r["loss"], val_accuracy=r["accuracy"])
+        if test_loader is not None:
+            r = evaluate(model, test_loader)
+            row.update(test_loss=r["loss"], test_accuracy=r["accuracy"])
+        state.history.append(row)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.loss_sum, state.correct, state.seen = 0.0, 0, 0
+        if log is not None:
+            log(format_row(row, label))
+        if checkpoint_path:
+            save_training_checkpoint(checkpoint_path, model, optimizer, state, meta)
+    return state
+
+
+def format_row(row: dict, label: str = "") -> str:
+    parts = [f"{label}epoch {row['epoch']}", f"loss {row['train_loss']:.4f}",
+             f"train acc {100 * row['train_accuracy']:.2f}%"]
+    if "val_accuracy" in row:
+        parts.append(f"val acc {100 * row['val_accuracy']:.2f}%")
+    if "test_accuracy" in row:
+        parts.append(f"test acc {100 * row['test_accuracy']:.2f}%")
+    parts.append(f"{row['train_seconds']:.1f}s")
+    return "  ".join(parts)
+
+
+def predict(model, x, batch_size: int = 1000):
+    """Class predictions for an array of inputs, in batches, without a graph."""
+    xp = get_array_module(x)
+    model.eval()
+    out = []
+    with no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(Tensor(x[i : i + batch_size])).data.argmax(axis=1))
+    return xp.concatenate(out)
+
+
+def ensure_dir(path) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
