@@ -19,6 +19,7 @@ from minievo.evolution.encoding import (
 )
 from minievo.evolution.environment import (
     EnvironmentalFactor,
+    QuantileRetention,
     RetentionSolution,
     TargetRetention,
     expected_offspring_synapses,
@@ -42,6 +43,7 @@ __all__ = [
     "LayerMetrics",
     "ModelMetrics",
     "OffspringStats",
+    "QuantileRetention",
     "RetentionSolution",
     "StructureCounts",
     "TargetRetention",

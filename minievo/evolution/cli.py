@@ -29,6 +29,9 @@ def add_commands(sub, add_common) -> None:
     p.add_argument("--target-retention", type=float,
                    help="choose F each generation so that this fraction of synapses is "
                         "kept in expectation")
+    p.add_argument("--retention-control",
+                   help="how --target-retention is met: factor (solve F_s) or quantile "
+                        "(keep F, solve the normalisation quantile)")
     p.add_argument("--granularity", help="conv cluster granularity: kernel or filter")
     p.add_argument("--offspring-init", help="inherit, reinit or rewind")
     p.add_argument("--normalisation-scope",
@@ -69,8 +72,6 @@ def config_from_args(args) -> EvolutionConfig:
 
 
 def cmd_evolve(args) -> int:
-    from minievo.evolution import report
-
     cfg = config_from_args(args)
     out = args.out or f"runs/{'quick' if args.quick else args.preset}"
     print(f"minievo evolve: {cfg.model} on {cfg.dataset}, {cfg.generations} generations, "
@@ -78,7 +79,7 @@ def cmd_evolve(args) -> int:
     lineage = Lineage(cfg, out, backend=args.backend, data_dir=args.data_dir,
                       progress=not args.no_progress)
     rows = lineage.run()
-    paths = report.render(out)
+    paths = lineage.paths
     first, last = rows[0], rows[-1]
     print(f"\ngeneration {last['generation']}: {last['synaptic_efficiency']:.1f}x fewer "
           f"synapses than generation 0, cluster efficiency "

@@ -205,9 +205,11 @@ def cluster_strength(weight, mask=None, granularity: str = "kernel"):
     Returns:
         float64 array A of shape (O, I) for "kernel", (O,) for "filter" and "neuron".
     """
+    # BEGIN SOLUTION task 5.1
     check_granularity(granularity, weight.ndim)
     a = synapse_strength(weight, mask)
     return a.sum(axis=_CLUSTER_AXES[granularity])
+    # END SOLUTION
 
 
 def reference_strength(strength, quantile: float = 1.0) -> float:
@@ -243,6 +245,7 @@ def _probability(strength, reference: float | None = None):
 
     ``reference`` defaults to max s (METHOD.md), where the cap never bites.
     """
+    # BEGIN SOLUTION task 5.2
     xp = get_array_module(strength)
     s_ref = float(strength.max()) if strength.size else 0.0
     if reference is not None:
@@ -253,8 +256,11 @@ def _probability(strength, reference: float | None = None):
     # exp(s / Z) with Z = s_ref / ln 2 is exp(ln 2 * s / s_ref) = 2 ** (s / s_ref). We evaluate
     # the power of two because it is exact at both ends: s = s_max gives 2 ** 1 - 1 = 1 and s = 0
     # gives 2 ** 0 - 1 = 0, where exp(s / Z) misses 1 by a rounding error of ln 2 in ~3% of layers.
-    p = xp.exp2(strength / s_ref) - 1.0
-    return p if reference is None else xp.minimum(p, 1.0)
+    if reference is None:
+        return xp.exp2(strength / s_ref) - 1.0
+    # min(1, 2^x - 1) = 2^min(x, 1) - 1, without overflowing exp2 for a tiny reference.
+    return xp.exp2(xp.minimum(strength / s_ref, 1.0)) - 1.0
+    # END SOLUTION
 
 
 def synapse_probability(weight, mask=None):
@@ -434,6 +440,11 @@ def encode(
         raise ValueError(f"unknown normalisation scope {scope!r}; valid scopes are: "
                          f"{', '.join(NORMALISATION_SCOPES)}")
     layers = named_prunable_layers(model_or_layers)
+    if not layers:
+        raise ValueError(
+            "the model has no prunable layer (Conv2d or Linear): there are no synapses to "
+            "encode or synthesise"
+        )
     arrays = [layer_arrays(layer) for _, layer in layers]
     refs: list[float | None] = [None] * len(layers)
     if scope == "network":

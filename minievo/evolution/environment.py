@@ -83,11 +83,13 @@ def expected_offspring_synapses(encoding: GeneticEncoding, env: EnvironmentalFac
     longer exists, so the ancestor's mask needs no separate term). A protected cluster (output
     layer) counts with probability 1.
     """
+    # BEGIN SOLUTION task 6.2
     cluster_keep = env.cluster_keep_probability(
         encoding.cluster_probability, protected=encoding.protect_clusters
     )
     synapse_keep = env.synapse_keep_probability(encoding.synapse_probability)
     return float((encoding.to_synapses(cluster_keep) * synapse_keep).sum())
+    # END SOLUTION
 
 
 def _as_list(encodings) -> list[GeneticEncoding]:
@@ -210,3 +212,64 @@ class TargetRetention:
         # Only a too small max_iter can leave R(F) further than tol above the target.
         reached = r_hi - self.fraction <= max(self.tol, 1e-12)
         return RetentionSolution(self.factor(hi), r_hi, self.fraction, reached)
+
+
+@dataclass(frozen=True)
+class QuantileRetention:
+    """Keep ``fraction`` of the synapses in expectation by moving the normalisation, not F.
+
+    A project extension (README, "Results"): with METHOD.md's normalisation (the strongest
+    synapse gets p = 1) a trained LeNet-5 keeps only about 20-30% of its synapses per generation
+    even at F = 1, and a factor F < 1 drops strong synapses as readily as weak ones. Here the
+    environmental factor stays as configured (default F = 1) and the reference strength that
+    gets probability 1 becomes the q-quantile of the live synapse strengths:
+
+        p_j = min(1, exp(a_j / Z_s) - 1),  Z_s = quantile_q(a) / ln 2,
+
+    with q solved by bisection so that the expected retention R(q) equals ``fraction``. R is
+    non-increasing in q, and q = 1 is METHOD.md's maximum. Synapses stronger than the reference
+    are always inherited; weaker ones with probability 2^(a / ref) - 1.
+
+    Attributes:
+        fraction: target expected retention, in (0, 1].
+        tol: stop when |R(q) - fraction| <= tol or the bracket on q is narrower than 1e-6.
+    """
+
+    fraction: float
+    tol: float = 1e-4
+
+    def __post_init__(self):
+        object.__setattr__(self, "fraction", _check_unit_interval("fraction", self.fraction))
+
+    def solve(self, layers, env: EnvironmentalFactor, **encode_options) -> tuple[float, float]:
+        """Return ``(q, expected_retention)`` for the ancestor's prunable ``layers``.
+
+        ``encode_options`` go to :func:`~minievo.evolution.encoding.encode` (granularity,
+        protect_output, scope, cluster_quantile); ``synapse_quantile`` is what is solved.
+        """
+        from minievo.evolution.encoding import encode
+
+        def retention(q: float) -> float:
+            return expected_retention(encode(layers, synapse_quantile=q, **encode_options), env)
+
+        r_max = retention(1.0)
+        if r_max >= self.fraction:  # even METHOD.md's normalisation keeps enough
+            return 1.0, r_max
+        lo, hi = 1e-6, 1.0  # R(lo) is the most any q can keep
+        r_lo = retention(lo)
+        if r_lo <= self.fraction:
+            warnings.warn(
+                f"target retention {self.fraction} is out of reach: the cluster draws alone "
+                f"keep at most {r_lo:.4f} of the synapses", RuntimeWarning, stacklevel=2)
+            return lo, r_lo
+        r_mid = r_lo
+        while hi - lo > 1e-6:
+            mid = 0.5 * (lo + hi)
+            r_mid = retention(mid)
+            if abs(r_mid - self.fraction) <= self.tol:
+                return mid, r_mid
+            if r_mid > self.fraction:
+                lo = mid
+            else:
+                hi = mid
+        return mid, r_mid

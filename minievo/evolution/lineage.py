@@ -31,7 +31,11 @@ import numpy as np
 
 from minievo import checkpoint as ckpt
 from minievo import init, models, training
-from minievo.evolution.environment import EnvironmentalFactor, TargetRetention
+from minievo.evolution.environment import (
+    EnvironmentalFactor,
+    QuantileRetention,
+    TargetRetention,
+)
 from minievo.evolution.metrics import model_metrics
 from minievo.evolution.synthesis import OFFSPRING_INITS, apply_offspring_init, synthesize_offspring
 from minievo.experiment import UsageError, check_run_dir, make_loaders, make_optimizer
@@ -64,6 +68,9 @@ class EvolutionConfig:
     normalisation_scope: str = "layer"
     synapse_quantile: float = 1.0
     cluster_quantile: float = 1.0
+    # how target_retention is met: "factor" solves F_s (F_c fixed), "quantile" keeps F and
+    # solves the synapse quantile of the normalisation (see environment.QuantileRetention)
+    retention_control: str = "factor"
     # options beyond the paper (off by default)
     offspring_per_generation: int = 1
     val_fraction: float = 0.0
@@ -73,6 +80,9 @@ class EvolutionConfig:
     # data size (quick runs)
     limit_train: int | None = None
     limit_test: int | None = None
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self) -> None:
         from minievo.evolution.encoding import CONV_GRANULARITIES
@@ -101,6 +111,9 @@ class EvolutionConfig:
             v = getattr(self, name)
             if not 0 < v <= 1:
                 raise UsageError(f"{name} = {v} is outside (0, 1]")
+        if self.retention_control not in ("factor", "quantile"):
+            raise UsageError(f"unknown retention_control {self.retention_control!r}; "
+                             "choose factor or quantile")
         if self.generations < 0:
             raise UsageError(f"generations must be >= 0, got {self.generations}")
         if self.offspring_per_generation < 1:
@@ -111,19 +124,25 @@ class EvolutionConfig:
                              "validation split: set val_fraction in (0, 1) (never the test set)")
 
     def environment(self):
-        if self.target_retention is not None:
-            return TargetRetention(self.target_retention)
+        if self.target_retention is not None and self.retention_control == "factor":
+            # F_c stays as configured (default 1: clusters are dropped only by their own
+            # probability); F_s is solved so the expected retention hits the target.
+            return TargetRetention(self.target_retention, f_c=self.f_c)
         return EnvironmentalFactor(self.f_c, self.f_s)
 
 
 PRESETS: dict[str, dict] = {
     # The paper-scale run: Caffe LeNet-5 on full MNIST. F calibrated on this machine so that
     # about a dozen generations pass 125x synaptic efficiency (see README, "Results").
-    "paper-mnist": dict(model="lenet5", dataset="mnist", generations=12, ancestor_epochs=6,
-                        offspring_epochs=2, f_c=1.0, f_s=1.0),
+    "paper-mnist": dict(model="lenet5", dataset="mnist", generations=13, ancestor_epochs=8,
+                        offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
+                        cluster_quantile=0.5, target_retention=0.66,
+                        retention_control="quantile"),
     # A few-minute run of the same pipeline on a slice of MNIST.
     "quick": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=1,
-                  offspring_epochs=1, f_c=1.0, f_s=1.0, limit_train=6000, limit_test=2000),
+                  offspring_epochs=1, f_c=1.0, f_s=1.0, normalisation_scope="network",
+                  cluster_quantile=0.5, target_retention=0.5, retention_control="quantile",
+                  limit_train=6000, limit_test=2000),
 }
 
 
@@ -223,6 +242,9 @@ class Lineage:
             if self._should_stop():
                 break
             ancestor = self._generation(ancestor, g)
+        from minievo.evolution import report
+
+        self.paths = report.render(self.out)  # tables and plots of the finished run
         return self.rows
 
     def _should_stop(self) -> bool:
@@ -266,17 +288,27 @@ class Lineage:
         """Sample offspring k of generation g and give it its starting weights."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, g, k, 1])
-        masks, stats = synthesize_offspring(
-            ancestor, cfg.environment(), rng, granularity=cfg.granularity, return_stats=True,
-            scope=cfg.normalisation_scope, synapse_quantile=cfg.synapse_quantile,
-            cluster_quantile=cfg.cluster_quantile)
+        q = cfg.synapse_quantile
+        options = dict(granularity=cfg.granularity, scope=cfg.normalisation_scope,
+                       cluster_quantile=cfg.cluster_quantile)
+        if cfg.target_retention is not None and cfg.retention_control == "quantile":
+            q, _ = QuantileRetention(cfg.target_retention).solve(
+                prunable_layers(ancestor), cfg.environment(), **options)
+        masks, stats = synthesize_offspring(ancestor, cfg.environment(), rng,
+                                            return_stats=True, synapse_quantile=q, **options)
+        # load_state_dict keeps the arrays it is given (no copy), and training updates them in
+        # place: each offspring gets its own copies, or it would alter the ancestor's state
+        # (the next offspring's start) and generation 0's (what 'rewind' goes back to).
+        def own(state):
+            return {name: a.copy() for name, a in state.items()}
+
         child = self._new_model()
-        child.load_state_dict(ancestor_state)
-        apply_offspring_init(child, masks, cfg.offspring_init, ancestor_state=ancestor_state,
-                             generation0_state=self.gen0_state,
+        child.load_state_dict(own(ancestor_state))
+        apply_offspring_init(child, masks, cfg.offspring_init, ancestor_state=own(ancestor_state),
+                             generation0_state=own(self.gen0_state),
                              rng=np.random.default_rng([cfg.seed, g, k, 2]))
         env = stats.env
-        info = {"f_c": float(env.f_c), "f_s": float(env.f_s),
+        info = {"f_c": float(env.f_c), "f_s": float(env.f_s), "synapse_quantile": float(q),
                 "expected_retention": float(stats.expected_fraction),
                 "sampled_retention": float(stats.fraction)}
         return child, info
@@ -304,7 +336,9 @@ class Lineage:
         t0 = time.perf_counter()
         test_r = training.evaluate(model, test)
         row = {"generation": g}
-        row.update(model_metrics(model, self.input_shape).as_row(self._reference()))
+        metrics = model_metrics(model, self.input_shape)
+        # Generation 0 is its own reference (efficiency 1, also for a pruned ancestor_path).
+        row.update(metrics.as_row(metrics if g == 0 else self._reference()))
         row["test_accuracy"] = test_r["accuracy"]
         if val is not None:
             row["val_accuracy"] = training.evaluate(model, val)["accuracy"]
