@@ -11,9 +11,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from minievo import backend
+from minievo import backend, init
 from minievo import functions as F
-from minievo import init
 from minievo.autograd import Parameter, Tensor
 
 
@@ -104,7 +103,9 @@ class Module:
         for key, value in state.items():
             p = vars(self).get(key)
             if isinstance(p, Parameter):
-                p.data = _like(value, p.data)
+                # A copy: training updates parameters in place and must never write through
+                # into the dict (or checkpoint arrays) the state came from.
+                p.data = _like(value, p.data).copy()
 
     def to(self, name: str):
         """Move every parameter and mask to backend ``name`` ('numpy' or 'cupy'); returns self."""

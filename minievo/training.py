@@ -209,12 +209,7 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
                 loss = F.softmax_cross_entropy(out, y)
                 loss_value = float(loss.data)
                 if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at epoch {epoch + 1}, batch {i + 1}; "
-                        "stopping. The last good checkpoint is kept"
-                        + (f" at {checkpoint_path}" if checkpoint_path else "")
-                        + ". Try a smaller learning rate."
-                    )
+                    raise _diverged(f"loss became {loss_value}", epoch, i, checkpoint_path)
                 loss.backward()
                 optimizer.step()
                 state.loss_sum += loss_value * len(y)
@@ -228,6 +223,7 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
                         and state.step_in_epoch < n_batches):
                     state.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
+                    _check_finite(model, epoch, i, checkpoint_path)
                     save_training_checkpoint(checkpoint_path, model, optimizer, state, meta)
                     last_save = time.monotonic()
         finally:
@@ -253,8 +249,25 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
         if log is not None:
             log(format_row(row, label))
         if checkpoint_path:
+            _check_finite(model, epoch, n_batches - 1, checkpoint_path)
             save_training_checkpoint(checkpoint_path, model, optimizer, state, meta)
     return state
+
+
+def _diverged(what: str, epoch: int, batch: int, checkpoint_path) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"{what} at epoch {epoch + 1}, batch {batch + 1}; stopping. The last good checkpoint "
+        "is kept" + (f" at {checkpoint_path}" if checkpoint_path else "")
+        + ". Try a smaller learning rate."
+    )
+
+
+def _check_finite(model, epoch: int, batch: int, checkpoint_path) -> None:
+    """Refuse to checkpoint NaN/inf weights: an update can overflow while the loss that
+    produced it was still finite, and such a checkpoint would replace the last good one."""
+    for p in model.parameters():
+        if not bool(get_array_module(p.data).isfinite(p.data).all()):
+            raise _diverged("the weights became NaN or infinite", epoch, batch, checkpoint_path)
 
 
 def format_row(row: dict, label: str = "") -> str:

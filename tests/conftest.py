@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+# Many tiny matrix products: one BLAS thread is faster, and stable on a shared 2-core machine.
+# Set before NumPy loads OpenBLAS (the environment of the test run and its subprocesses).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 
 from minievo import backend

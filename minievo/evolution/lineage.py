@@ -331,7 +331,7 @@ class Lineage:
         if epochs > 0:
             state = training.fit(model, train, opt, epochs, scheduler=sched, val_loader=val,
                                  checkpoint_path=ck, state=state, progress=self.progress,
-                                 log=None, label=f"gen {g} ")
+                                 log=self.log, label=f"gen {g} ")
         seconds = state.train_seconds if state else 0.0
         t0 = time.perf_counter()
         test_r = training.evaluate(model, test)
