@@ -1,0 +1,96 @@
+// Cluster-sparse 2-D convolution, forward pass.
+//
+// The weight of a compact Conv2d layer is stored as CSR over (output map, input map) kernel
+// pairs: the live kernels of output map o are k = indptr[o] .. indptr[o+1]-1; kernel k reads
+// input map indices[k] and has the KH*KW weights kernels[k*KH*KW ...] (masked taps hold 0).
+// A dead kernel costs nothing: output map o loops over its own live kernels only.
+//
+//     y[n, o, oh, ow] = bias[o] + sum_{k in row o} sum_{ky,kx}
+//                       kernels[k, ky, kx] * x[n, indices[k], oh*stride - pad + ky,
+//                                                            ow*stride - pad + kx]
+//
+// Layout: x and y are addressed through element strides for each of their four axes
+// (xs_n, xs_c, xs_h, xs_w and ys_n, ys_o, ys_h, ys_w), so one kernel serves NCHW and the
+// batch-last layout (C, H, W, N) that the compact model uses.
+//
+// Launch: grid = (ceil(N*OH*OW / threads), O), block = (threads, 1, 1). A block computes
+// `threads` outputs of one output map o; thread q of the map handles image n = q % N at pixel
+// q / N, so with the batch-last layout neighbouring threads read neighbouring addresses
+// (coalesced), and every thread of a block needs the same weights. The live kernels of map o
+// are staged through shared memory, MINIEVO_CONV_TILE_FLOATS weights at a time: all threads of
+// the block load them cooperatively, __syncthreads(), then every thread reads the weights from
+// shared memory. The host must ensure KH*KW <= MINIEVO_CONV_TILE_FLOATS. Threads past the end
+// of the map still take part in loads and barriers (no early return before a __syncthreads()).
+//
+// All sizes and strides are int (32-bit); the host checks that every index fits. Offsets are
+// computed in 64 bits.
+
+#define MINIEVO_CONV_TILE_FLOATS 2048
+#define MINIEVO_CONV_TILE_KERNELS 256
+
+extern "C" __global__ void cluster_sparse_conv2d_forward(
+    const float* __restrict__ x,        // input activations, see layout above
+    const int* __restrict__ indptr,     // (O + 1,) row pointers over live kernels
+    const int* __restrict__ indices,    // (nnz,) input map of each live kernel
+    const float* __restrict__ kernels,  // (nnz, KH, KW) kernel weights
+    const float* __restrict__ bias,     // (O,)
+    float* __restrict__ y,              // output activations, see layout above
+    int N, int C, int H, int W, int O, int KH, int KW, int OH, int OW, int stride, int pad,
+    int xs_n, int xs_c, int xs_h, int xs_w, int ys_n, int ys_o, int ys_h, int ys_w) {
+    __shared__ float w_tile[MINIEVO_CONV_TILE_FLOATS];
+    __shared__ int c_tile[MINIEVO_CONV_TILE_KERNELS];
+
+    const int threads = (int)blockDim.x;
+    const int tid = (int)threadIdx.x;
+    const int o = (int)blockIdx.y;
+    const long long q = (long long)blockIdx.x * threads + tid;
+    const bool active = o < O && q < (long long)N * OH * OW;
+
+    const int n = active ? (int)(q % N) : 0;
+    const int pixel = active ? (int)(q / N) : 0;
+    const int oh = pixel / OW;
+    const int ow = pixel - oh * OW;
+    const int ih0 = oh * stride - pad;
+    const int iw0 = ow * stride - pad;
+    const int kk = KH * KW;
+
+    int per_tile = MINIEVO_CONV_TILE_FLOATS / kk;
+    if (per_tile > MINIEVO_CONV_TILE_KERNELS) per_tile = MINIEVO_CONV_TILE_KERNELS;
+
+    // begin/end are the same for every thread of the block (same o), so the loop below runs the
+    // same number of times in every thread and its barriers never diverge.
+    const int begin = o < O ? indptr[o] : 0;
+    const int end = o < O ? indptr[o + 1] : 0;
+    float acc = o < O ? bias[o] : 0.0f;
+    const float* x_image = x + (long long)n * xs_n;
+
+    for (int first = begin; first < end; first += per_tile) {
+        const int count = end - first < per_tile ? end - first : per_tile;
+        for (int j = tid; j < count * kk; j += threads) w_tile[j] = kernels[first * kk + j];
+        for (int j = tid; j < count; j += threads) c_tile[j] = indices[first + j];
+        __syncthreads();
+        if (active) {
+            for (int s = 0; s < count; ++s) {
+                const int c = c_tile[s];
+                if (c < 0 || c >= C) continue;  // a corrupt index reads nothing
+                const float* xc = x_image + (long long)c * xs_c;
+                const float* wk = w_tile + s * kk;
+                for (int ky = 0; ky < KH; ++ky) {
+                    const int ih = ih0 + ky;
+                    if (ih < 0 || ih >= H) continue;
+                    const float* row = xc + (long long)ih * xs_h;
+                    for (int kx = 0; kx < KW; ++kx) {
+                        const int iw = iw0 + kx;
+                        if (iw < 0 || iw >= W) continue;
+                        acc += wk[ky * KW + kx] * row[(long long)iw * xs_w];
+                    }
+                }
+            }
+        }
+        __syncthreads();  // the next tile overwrites w_tile and c_tile
+    }
+    if (active) {
+        y[(long long)n * ys_n + (long long)o * ys_o + (long long)oh * ys_h +
+          (long long)ow * ys_w] = acc;
+    }
+}

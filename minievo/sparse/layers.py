@@ -1,0 +1,480 @@
+"""Compact layers: a masked Conv2d / Linear with its dead synapses, kernels and maps left out.
+
+:class:`CompactConv2d` keeps, per output map, the list of its live kernels: CSR over (output
+map, input map) pairs (``indptr``, ``indices``) with the kh*kw weights of each live kernel
+(``kernels``) and which of its taps are synapses (``kernel_mask``). :class:`CompactLinear` keeps
+the live synapses in CSR over rows. Both run
+
+* on NumPy arrays through :mod:`minievo.sparse.cpu` (scipy.sparse or dense BLAS, chosen per
+  layer by density), and
+* on CuPy arrays through the RawKernels of ``minievo/kernels`` (:mod:`minievo.sparse.gpu`).
+
+Host copies of the arrays are always kept (they are small); ``.to('cupy')`` adds device copies.
+The layers are inference-only (no autograd).
+
+The public ``forward`` takes the usual layouts (NCHW, (N, F)); the compact model chains the
+``forward_bl`` methods, which work on batch-last activations ((C, H, W, N) and (F, N)): the
+batch is the innermost axis, so every spatial operation moves long runs of memory (fast in
+NumPy, coalesced on a GPU), and flattening maps to features is free.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minievo import backend
+from minievo.backend import BackendError, get_array_module, is_cupy_array
+from minievo.sparse import cpu, gpu
+from minievo.sparse.reference import conv_output_hw, kernel_csr
+
+
+def _host(a, dtype) -> np.ndarray:
+    return np.ascontiguousarray(backend.to_numpy(a), dtype=dtype)
+
+
+def _batch_first(h):
+    """Batch-last (..., N) -> C-contiguous (N, ...), on either backend."""
+    if is_cupy_array(h):
+        return get_array_module(h).ascontiguousarray(h.transpose(h.ndim - 1, *range(h.ndim - 1)))
+    return cpu.batch_first(h)
+
+
+def _unwrap(x):
+    """Raw array of a Tensor (or the array itself)."""
+    return x.data if hasattr(x, "data") and hasattr(x, "grad") else x
+
+
+def _check_csr_host(indptr: np.ndarray, indices: np.ndarray, rows: int, cols: int, what: str):
+    if indptr.ndim != 1 or indptr.shape[0] != rows + 1:
+        raise ValueError(f"{what}: indptr must have shape ({rows + 1},), got {indptr.shape}")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0]:
+        raise ValueError(f"{what}: indptr must start at 0, never decrease and end at "
+                         f"{indices.shape[0]} (the number of indices)")
+    if indices.size and (indices.min() < 0 or indices.max() >= cols):
+        raise ValueError(f"{what}: indices must lie in [0, {cols}), got "
+                         f"[{indices.min()}, {indices.max()}]")
+    for r in range(rows):  # sorted, no duplicates: one entry per (row, column)
+        seg = indices[indptr[r] : indptr[r + 1]]
+        if seg.size > 1 and np.any(np.diff(seg) <= 0):
+            raise ValueError(f"{what}: the indices of row {r} must be strictly increasing")
+
+
+class _DeviceMixin:
+    """Backend bookkeeping shared by the compact layers."""
+
+    backend = "numpy"
+    _device_names: tuple[str, ...] = ()
+
+    def to(self, name: str):
+        """Keep device copies on backend ``name`` ('numpy' or 'cupy'); returns self."""
+        name = backend._check_name(name)
+        if name == "cupy":
+            cp = backend.xp_for("cupy")
+            self._dev = {k: cp.asarray(getattr(self, k)) for k in self._device_names
+                         if getattr(self, k) is not None}
+        else:
+            self._dev = None
+        self.backend = name
+        return self
+
+    def _check_backend(self, x):
+        kind = "cupy" if is_cupy_array(x) else "numpy"
+        if kind != self.backend:
+            raise BackendError(
+                f"{type(self).__name__} lives on {self.backend} but got a {kind} array; move "
+                f"one of them, e.g. model.to({kind!r}) or minievo.backend.to_backend(x, "
+                f"{self.backend!r})"
+            )
+
+
+class CompactConv2d(_DeviceMixin):
+    """Cluster-sparse Conv2d: per output map, only its live kernels.
+
+    Args:
+        indptr: (O+1,) CSR row pointers over live kernels.
+        indices: (nnz,) input map of each live kernel (increasing within a row).
+        kernels: (nnz, kh, kw) kernel weights (masked taps are 0).
+        kernel_mask: (nnz, kh, kw) 0/1, which taps are synapses (default: all).
+        bias: (O,) bias of each output map.
+        in_channels: number of input maps C.
+        stride, padding: as in Conv2d.
+        bias_map: optional (O, OH, OW) offset added per output pixel (set by :func:`compact`
+            when constant input maps are folded into a padded convolution).
+        method: CPU product, 'csr', 'dense' or 'auto' (by density, see :mod:`cpu`).
+
+    Shapes: forward x (N, C, H, W) -> (N, O, OH, OW).
+    """
+
+    _device_names = ("indptr", "indices", "kernels", "bias", "bias_map")
+
+    def __init__(self, indptr, indices, kernels, bias, in_channels: int, stride: int = 1,
+                 padding: int = 0, kernel_mask=None, bias_map=None, method: str = "auto"):
+        self.indptr = _host(indptr, np.int32)
+        self.indices = _host(indices, np.int32)
+        self.kernels = _host(kernels, np.float32)
+        self.in_channels = int(in_channels)
+        self.stride, self.padding = int(stride), int(padding)
+        if self.kernels.ndim != 3 or self.kernels.shape[0] != self.indices.shape[0]:
+            raise ValueError(f"kernels must have shape (nnz={self.indices.shape[0]}, kh, kw), "
+                             f"got {self.kernels.shape}")
+        if self.stride < 1 or self.padding < 0:
+            raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride}, {padding}")
+        o = self.indptr.shape[0] - 1
+        if o < 1:
+            raise ValueError("a compact conv needs at least one output map")
+        _check_csr_host(self.indptr, self.indices, o, self.in_channels, "CompactConv2d")
+        self.bias = _host(bias, np.float32)
+        if self.bias.shape != (o,):
+            raise ValueError(f"bias must have shape ({o},), got {self.bias.shape}")
+        if kernel_mask is None:
+            kernel_mask = np.ones(self.kernels.shape, dtype=np.uint8)
+        self.kernel_mask = _host(kernel_mask, np.uint8)
+        if self.kernel_mask.shape != self.kernels.shape:
+            raise ValueError(f"kernel_mask shape {self.kernel_mask.shape} differs from kernels "
+                             f"{self.kernels.shape}")
+        self.kernels = self.kernels * (self.kernel_mask != 0)
+        self.bias_map = None if bias_map is None else _host(bias_map, np.float32)
+        if self.bias_map is not None and (self.bias_map.ndim != 3 or self.bias_map.shape[0] != o):
+            raise ValueError(f"bias_map must have shape ({o}, OH, OW), got {self.bias_map.shape}")
+        self._method = method
+        self._cpu: cpu.ConvWeights | None = None
+        self._dev = None
+
+    @classmethod
+    def from_dense(cls, weight, bias, mask, stride: int = 1, padding: int = 0,
+                   method: str = "auto") -> CompactConv2d:
+        """The compact form of a masked dense conv (every map kept; dead kernels dropped).
+
+        Args:
+            weight, mask: (O, C, kh, kw); bias: (O,) or None.
+        """
+        weight, mask = backend.to_numpy(weight), backend.to_numpy(mask)
+        if weight.ndim != 4 or mask.shape != weight.shape:
+            raise ValueError(f"weight must be (O, C, kh, kw) and mask the same shape, got "
+                             f"{weight.shape} and {mask.shape}")
+        indptr, indices, kernels = kernel_csr(weight, mask)
+        live = np.asarray(mask) != 0
+        o, c = weight.shape[:2]
+        kmask = live.reshape(o, c, *weight.shape[2:])[np.nonzero(live.reshape(o, c, -1).any(2))]
+        b = np.zeros(o, np.float32) if bias is None else backend.to_numpy(bias)
+        return cls(indptr, indices, kernels, b, c, stride, padding, kernel_mask=kmask,
+                   method=method)
+
+    # ----- shape information -------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return tuple(self.kernels.shape[1:])
+
+    @property
+    def nnz(self) -> int:
+        """Live kernels (clusters at kernel granularity)."""
+        return int(self.indices.shape[0])
+
+    @property
+    def synapses(self) -> int:
+        return int(np.count_nonzero(self.kernel_mask))
+
+    @property
+    def method(self) -> str:
+        return self.cpu_weights.method
+
+    @property
+    def cpu_weights(self) -> cpu.ConvWeights:
+        if self._cpu is None:
+            self._cpu = cpu.ConvWeights(self.indptr, self.indices, self.kernels,
+                                        self.kernel_mask, self.in_channels, self._method)
+        return self._cpu
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.kernel_size
+        return conv_output_hw(h, w, kh, kw, self.stride, self.padding)
+
+    def to_dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weight, bias, mask) of the equivalent masked dense conv (bias_map not included)."""
+        kh, kw = self.kernel_size
+        o, c = self.out_channels, self.in_channels
+        w = np.zeros((o, c, kh, kw), np.float32)
+        m = np.zeros((o, c, kh, kw), np.float32)
+        rows = np.repeat(np.arange(o), np.diff(self.indptr))
+        w[rows, self.indices] = self.kernels
+        m[rows, self.indices] = self.kernel_mask
+        return w, self.bias.copy(), m
+
+    # ----- forward -----------------------------------------------------------------------------
+    def forward_bl(self, x, pool: tuple[int, int] | None = None):
+        """Batch-last forward: x (C, H, W, N) -> (O, OH, OW, N), either backend.
+
+        ``pool`` = (kernel_size, stride) applies a max pooling too (fused on the CPU).
+        """
+        self._check_backend(x)
+        if x.ndim != 4 or x.shape[0] != self.in_channels:
+            raise ValueError(f"CompactConv2d expects batch-last input ({self.in_channels}, "
+                             f"H, W, N), got {tuple(x.shape)}")
+        hw = tuple(x.shape[1:3])
+        if self.bias_map is not None and self.bias_map.shape[1:] != self.output_hw(*hw):
+            raise ValueError(f"this compact conv was built for output maps of "
+                             f"{self.bias_map.shape[1:]}; input {hw} gives "
+                             f"{self.output_hw(*hw)}")
+        if x.dtype != np.float32:
+            raise TypeError(f"CompactConv2d needs float32 input, got {x.dtype}; convert with "
+                            "x.astype(xp.float32)")
+        if is_cupy_array(x):
+            from minievo.kernels import get_kernel  # noqa: PLC0415
+
+            y = self.kernel_forward(x, get_kernel(gpu.CONV_FILE, gpu.CONV_KERNEL), self._dev)
+            return y if pool is None else MaxPool(*pool).forward_bl(y)
+        return cpu.conv2d_chwn(x, self.cpu_weights, self.bias, self.stride, self.padding,
+                               self.bias_map, pool)
+
+    def host_arrays(self) -> dict:
+        """The layer's arrays on the host, keyed like the device copies."""
+        return {k: getattr(self, k) for k in self._device_names if getattr(self, k) is not None}
+
+    def kernel_forward(self, x, kernel, arrays: dict):
+        """The GPU path: batch-last x (C, H, W, N) through ``kernel`` (a cupy.RawKernel, or an
+        emulated one on NumPy arrays with ``arrays=self.host_arrays()`` in the tests)."""
+        y = gpu.launch_conv2d(kernel, x, arrays["indptr"], arrays["indices"],
+                              arrays["kernels"], arrays["bias"], self.stride, self.padding,
+                              layout="CHWN")
+        if self.bias_map is not None:
+            y += arrays["bias_map"][..., None]
+        return y
+
+    def forward(self, x):
+        """x (N, C, H, W) float32 (NumPy or CuPy, or a Tensor) -> (N, O, OH, OW) array."""
+        x = _unwrap(x)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"CompactConv2d expects input (N, {self.in_channels}, H, W), got "
+                             f"{tuple(x.shape)}")
+        xp = get_array_module(x)
+        y = self.forward_bl(xp.ascontiguousarray(x.transpose(1, 2, 3, 0)))
+        return _batch_first(y)
+
+    __call__ = forward
+
+    def __repr__(self):
+        kh, kw = self.kernel_size
+        return (f"CompactConv2d({self.in_channels}, {self.out_channels}, {kh}x{kw}, "
+                f"stride={self.stride}, padding={self.padding}, live kernels={self.nnz})")
+
+
+class CompactLinear(_DeviceMixin):
+    """Sparse Linear: the live synapses of each output neuron, CSR over rows.
+
+    Args:
+        indptr: (O+1,), indices: (nnz,) input features, values: (nnz,) weights (a synapse whose
+            weight is 0 is still stored: it is live in the mask), bias: (O,).
+        in_features: F.
+        method: CPU product, 'csr', 'dense' or 'auto'.
+
+    Shapes: forward x (N, F) -> (N, O).
+    """
+
+    _device_names = ("indptr", "indices", "values", "bias")
+
+    def __init__(self, indptr, indices, values, bias, in_features: int, method: str = "auto"):
+        self.indptr = _host(indptr, np.int32)
+        self.indices = _host(indices, np.int32)
+        self.values = _host(values, np.float32)
+        self.in_features = int(in_features)
+        o = self.indptr.shape[0] - 1
+        if o < 1:
+            raise ValueError("a compact linear layer needs at least one output neuron")
+        if self.values.shape != self.indices.shape:
+            raise ValueError(f"values {self.values.shape} and indices {self.indices.shape} "
+                             "must have the same shape")
+        _check_csr_host(self.indptr, self.indices, o, self.in_features, "CompactLinear")
+        self.bias = _host(bias, np.float32)
+        if self.bias.shape != (o,):
+            raise ValueError(f"bias must have shape ({o},), got {self.bias.shape}")
+        self._method = method
+        self._cpu: cpu.LinearWeights | None = None
+        self._dev = None
+
+    @classmethod
+    def from_dense(cls, weight, bias, mask, method: str = "auto") -> CompactLinear:
+        """The compact form of a masked dense linear layer (every neuron kept)."""
+        weight, mask = backend.to_numpy(weight), backend.to_numpy(mask)
+        if weight.ndim != 2 or mask.shape != weight.shape:
+            raise ValueError(f"weight must be (out, in) and mask the same shape, got "
+                             f"{weight.shape} and {mask.shape}")
+        live = mask != 0
+        rows, cols = np.nonzero(live)
+        indptr = np.zeros(weight.shape[0] + 1, np.int32)
+        np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=indptr[1:])
+        b = np.zeros(weight.shape[0], np.float32) if bias is None else backend.to_numpy(bias)
+        return cls(indptr, cols, weight[rows, cols], b, weight.shape[1], method=method)
+
+    @property
+    def out_features(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    @property
+    def synapses(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return self.synapses
+
+    @property
+    def method(self) -> str:
+        return self.cpu_weights.method
+
+    @property
+    def cpu_weights(self) -> cpu.LinearWeights:
+        if self._cpu is None:
+            self._cpu = cpu.LinearWeights(self.indptr, self.indices, self.values,
+                                          self.in_features, self._method)
+        return self._cpu
+
+    def to_dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weight, bias, mask) of the equivalent masked dense linear layer."""
+        o, f = self.out_features, self.in_features
+        w = np.zeros((o, f), np.float32)
+        m = np.zeros((o, f), np.float32)
+        rows = np.repeat(np.arange(o), np.diff(self.indptr))
+        w[rows, self.indices] = self.values
+        m[rows, self.indices] = 1
+        return w, self.bias.copy(), m
+
+    def forward_bl(self, x):
+        """Batch-last (feature-major) forward: x (F, N) -> (O, N), either backend."""
+        self._check_backend(x)
+        if x.ndim != 2 or x.shape[0] != self.in_features:
+            raise ValueError(f"CompactLinear expects feature-major input ({self.in_features}, "
+                             f"N), got {tuple(x.shape)}")
+        if x.dtype != np.float32:
+            raise TypeError(f"CompactLinear needs float32 input, got {x.dtype}; convert with "
+                            "x.astype(xp.float32)")
+        if is_cupy_array(x):
+            from minievo.kernels import get_kernel  # noqa: PLC0415
+
+            return self.kernel_forward(x, get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL),
+                                       self._dev)
+        return self.cpu_weights.forward_fm(x, self.bias)
+
+    def host_arrays(self) -> dict:
+        """The layer's arrays on the host, keyed like the device copies."""
+        return {k: getattr(self, k) for k in self._device_names}
+
+    def kernel_forward(self, x, kernel, arrays: dict):
+        """The GPU path: feature-major x (F, N) through ``kernel`` (see CompactConv2d)."""
+        return gpu.launch_linear(kernel, x, arrays["indptr"], arrays["indices"],
+                                 arrays["values"], arrays["bias"], layout="FN")
+
+    def forward(self, x):
+        """x (N, F) float32 (NumPy or CuPy, or a Tensor) -> (N, O) array."""
+        x = _unwrap(x)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"CompactLinear expects input (N, {self.in_features}), got "
+                             f"{tuple(x.shape)}")
+        return _batch_first(self.forward_bl(x.T))
+
+    __call__ = forward
+
+    def __repr__(self):
+        return (f"CompactLinear({self.in_features}, {self.out_features}, "
+                f"synapses={self.synapses})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter-free steps of a compact model, on batch-last activations.
+
+
+class MaxPool:
+    """Max pooling over the spatial axes of (C, H, W, N)."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None):
+        self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+
+    def forward_bl(self, x):
+        xp = get_array_module(x)
+        k, s = self.kernel_size, self.stride
+        h, w = x.shape[1:3]
+        oh, ow = (h - k) // s + 1, (w - k) // s + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"max pooling window {k} does not fit maps of {h}x{w}")
+        out = None
+        for i in range(k):
+            for j in range(k):
+                v = x[:, i : i + s * oh : s, j : j + s * ow : s]
+                if out is None:
+                    out = xp.array(v, copy=True, order="C")
+                else:
+                    xp.maximum(out, v, out=out)
+        return out
+
+    def spec(self) -> dict:
+        return {"op": "maxpool", "kernel_size": self.kernel_size, "stride": self.stride}
+
+    def __repr__(self):
+        return f"MaxPool({self.kernel_size}, stride={self.stride})"
+
+
+class ReLU:
+    def forward_bl(self, x, inplace: bool = False):
+        """max(x, 0); ``inplace`` overwrites x (the model does so for arrays it made itself)."""
+        xp = get_array_module(x)
+        return xp.maximum(x, 0, out=x) if inplace else xp.maximum(x, 0)
+
+    def spec(self) -> dict:
+        return {"op": "relu"}
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class Flatten:
+    """(C, H, W, N) -> (C*H*W, N): features in the order of Flatten on NCHW (free: a view)."""
+
+    def forward_bl(self, x):
+        return x.reshape(-1, x.shape[-1])
+
+    def spec(self) -> dict:
+        return {"op": "flatten"}
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Identity:
+    """Dropout at inference."""
+
+    def __init__(self, p: float = 0.0):
+        self.p = float(p)
+
+    def forward_bl(self, x):
+        return x
+
+    def spec(self) -> dict:
+        return {"op": "dropout", "p": self.p}
+
+    def __repr__(self):
+        return f"Identity(dropout p={self.p})"
+
+
+class Gather:
+    """Keep the units ``index`` of axis 0 (input maps or features the model reads)."""
+
+    def __init__(self, index):
+        self.index = _host(index, np.int64)
+        self._dev_index = None
+
+    def forward_bl(self, x):
+        if is_cupy_array(x):
+            if self._dev_index is None:
+                self._dev_index = backend.to_backend(self.index, "cupy")
+            return x[self._dev_index]
+        return x[self.index]
+
+    def spec(self) -> dict:
+        return {"op": "gather"}
+
+    def __repr__(self):
+        return f"Gather({self.index.size} units)"

@@ -1,0 +1,146 @@
+"""Counts of a compact model: synapses, clusters, multiply-accumulates per image.
+
+Two sets of counts, as METHOD.md section 5 asks:
+
+* *sampled*: what the masks hold (every synapse with mask 1, every cluster with one such
+  synapse);
+* *effective*: what the compact model executes after removing dead structure (synapses that
+  read a constant unit or feed an unused one are not executed; their effect, if any, is folded
+  into a bias).
+
+Clusters: Conv2d at kernel granularity (pair (o, i)) and filter granularity (output map o);
+Linear at neuron granularity (output neuron o). Multiply-accumulates per image: a conv synapse
+costs one MAC per output pixel, a linear synapse one MAC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    kind: str  # 'conv' or 'linear'
+    shape: tuple
+    method: str  # CPU product of the compact layer ('csr', 'dense' or '-' when not executed)
+    dense_synapses: int
+    synapses: int
+    effective_synapses: int
+    kernels: int  # conv: live kernels; linear: same as neurons
+    effective_kernels: int
+    clusters: int  # filters (conv) or neurons (linear) with a live synapse
+    effective_clusters: int
+    macs_dense: int
+    macs: int
+    macs_effective: int
+
+
+@dataclass
+class CompactSummary:
+    layers: list[LayerSummary]
+
+    def _total(self, key: str) -> int:
+        return int(sum(getattr(r, key) for r in self.layers))
+
+    @property
+    def dense_synapses(self) -> int:
+        return self._total("dense_synapses")
+
+    @property
+    def synapses(self) -> int:
+        return self._total("synapses")
+
+    @property
+    def effective_synapses(self) -> int:
+        return self._total("effective_synapses")
+
+    @property
+    def macs_dense(self) -> int:
+        return self._total("macs_dense")
+
+    @property
+    def macs(self) -> int:
+        return self._total("macs")
+
+    @property
+    def macs_effective(self) -> int:
+        return self._total("macs_effective")
+
+    @property
+    def synaptic_efficiency(self) -> float:
+        """Dense synapses / live synapses (inf when none is live)."""
+        return self.dense_synapses / self.synapses if self.synapses else float("inf")
+
+    @property
+    def mac_ratio(self) -> float:
+        """Dense MACs / effective MACs per image (the ideal speed-up)."""
+        return self.macs_dense / self.macs_effective if self.macs_effective else float("inf")
+
+    def as_dict(self) -> dict:
+        return {
+            "layers": [asdict(r) for r in self.layers],
+            "dense_synapses": self.dense_synapses, "synapses": self.synapses,
+            "effective_synapses": self.effective_synapses, "macs_dense": self.macs_dense,
+            "macs": self.macs, "macs_effective": self.macs_effective,
+            "synaptic_efficiency": self.synaptic_efficiency, "mac_ratio": self.mac_ratio,
+        }
+
+    def __str__(self) -> str:
+        head = (f"{'layer':<22}{'method':>7}{'synapses':>11}{'effective':>11}{'kernels':>9}"
+                f"{'eff.':>6}{'filters':>9}{'eff.':>6}{'MACs/img':>12}{'dense MACs':>12}")
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            lines.append(
+                f"{r.name:<22}{r.method:>7}{r.synapses:>11,}{r.effective_synapses:>11,}"
+                f"{r.kernels:>9,}{r.effective_kernels:>6,}{r.clusters:>9,}"
+                f"{r.effective_clusters:>6,}{r.macs_effective:>12,}{r.macs_dense:>12,}"
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<22}{'':>7}{self.synapses:>11,}{self.effective_synapses:>11,}"
+            f"{'':>9}{'':>6}{'':>9}{'':>6}{self.macs_effective:>12,}{self.macs_dense:>12,}"
+        )
+        lines.append(f"synaptic efficiency {self.synaptic_efficiency:.1f}x "
+                     f"({self.dense_synapses:,} dense synapses), MAC ratio dense/effective "
+                     f"{self.mac_ratio:.1f}x")
+        return "\n".join(lines)
+
+
+def summarize(cm) -> CompactSummary:
+    """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel`."""
+    from minievo.sparse.model import _dense_weights  # noqa: PLC0415
+
+    rows = []
+    prunable_names = [n for n, s in zip(cm.leaf_names, cm.leaf_specs)
+                      if s["op"] in ("conv", "linear")]
+    for j, src in enumerate(cm.sources):
+        _, mask = _dense_weights(cm, j)
+        live = mask != 0
+        o, i = src.shape[:2]
+        per_kernel = live.reshape(o, i, -1).any(2)
+        positions = int(np.prod(src.out_hw))
+        step = cm.steps[src.step] if src.step >= 0 else None
+        eff_syn = step.synapses if step is not None else 0
+        if step is None:
+            eff_kernels = eff_clusters = 0
+        else:
+            eff_kernels = step.nnz if src.kind == "conv" else int(
+                np.count_nonzero(np.diff(step.indptr)))
+            eff_clusters = int(np.count_nonzero(np.diff(step.indptr)))
+        synapses = int(live.sum())
+        label = "Conv2d" if src.kind == "conv" else "Linear"
+        shape_txt = "x".join(map(str, src.shape))
+        rows.append(LayerSummary(
+            name=f"{prunable_names[j]}: {label} {shape_txt}", kind=src.kind,
+            shape=tuple(src.shape), method=step.method if step is not None else "-",
+            dense_synapses=int(live.size), synapses=synapses, effective_synapses=eff_syn,
+            kernels=int(per_kernel.sum()) if src.kind == "conv" else int(per_kernel.any(1).sum()),
+            effective_kernels=eff_kernels,
+            clusters=int(per_kernel.any(1).sum()), effective_clusters=eff_clusters,
+            macs_dense=int(live.size) * positions, macs=synapses * positions,
+            macs_effective=eff_syn * positions,
+        ))
+    return CompactSummary(rows)
