@@ -16,6 +16,7 @@ Read this file top to bottom in one sitting:
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import numpy as np
 
@@ -46,6 +47,7 @@ def sum_to(grad, shape):
     Example: x of shape (3, 1) added to y of shape (2, 3, 4) gives (2, 3, 4); the gradient for x
     is summed over axis 0 (added leading axis) and axis 2 (stretched from 1), keeping (3, 1).
     """
+    # BEGIN SOLUTION task 2.3
     if grad.shape == tuple(shape):
         return grad
     lead = grad.ndim - len(shape)
@@ -56,6 +58,7 @@ def sum_to(grad, shape):
     if lead:
         out = out.reshape(out.shape[lead:])
     return out.reshape(shape)
+    # END SOLUTION
 
 
 class Tensor:
@@ -73,7 +76,11 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
-        if not (hasattr(data, "shape") and hasattr(data, "dtype")) or isinstance(data, np.generic):
+        if isinstance(data, np.generic):
+            # A NumPy scalar (e.g. the result of a full reduction) keeps its dtype: a float64
+            # sum must not turn into float32.
+            data = backend.array(data, dtype=data.dtype)
+        elif not (hasattr(data, "shape") and hasattr(data, "dtype")):
             data = backend.array(data)
         self.data = data
         self.grad = None
@@ -164,8 +171,11 @@ class Tensor:
 
         # 2. Gradients of intermediate tensors live here until their creator has used them.
         grads: dict[int, object] = {id(self): grad}
+        # Arrays already stored as some leaf's .grad in this pass (and the caller's own grad):
+        # a leaf must own its .grad, not share it (Add hands the same gy to both inputs).
+        handed: set[int] = {id(grad)}
         if self.creator is None:  # backward on a leaf
-            self._accumulate(grad)
+            self._accumulate(grad, handed)
             return
         for fn in reversed(order):
             gy = grads.pop(id(fn.output), None)
@@ -180,17 +190,26 @@ class Tensor:
                 if gx.shape != t.shape:
                     gx = sum_to(gx, t.shape)
                 if t.creator is None:
-                    t._accumulate(gx)
+                    t._accumulate(gx, handed)
                 else:
                     key = id(t)
                     grads[key] = gx if key not in grads else grads[key] + gx
 
-    def _accumulate(self, g) -> None:
+    def _accumulate(self, g, handed: set[int]) -> None:
+        """Add ``g`` into ``self.grad`` without ever writing into an array someone else holds.
+
+        The first gradient is stored as is when it is a fresh array (the common case: no copy).
+        It is copied when it is a view or read-only (``broadcast_to`` in Sum's backward) or was
+        already handed out. Later contributions make a new sum instead of ``+=``, since the
+        stored array may still be the pending gradient of an intermediate tensor.
+        """
         if self.grad is None:
-            # Own the buffer: the backward of an op may return a view of another array.
-            self.grad = g.copy() if g.base is not None or not g.flags.writeable else g
+            shared = (g.base is not None or not getattr(g.flags, "writeable", True)
+                      or id(g) in handed)
+            self.grad = g.copy() if shared else g
+            handed.add(id(self.grad))
         else:
-            self.grad += g
+            self.grad = self.grad + g
 
     # ----- operators (defined in minievo.functions, attached below) -----------------------
     def __add__(self, other):
@@ -295,7 +314,14 @@ class Function:
 
     inputs: tuple[Tensor, ...]
     needs_grad: tuple[bool, ...]
-    output: Tensor
+    # The output links back to its creator (``out.creator = fn``); the function refers to its
+    # output only weakly, so no reference cycle keeps a finished graph (and every array it
+    # saved) alive until Python's cycle collector happens to run.
+    _output: weakref.ref
+
+    @property
+    def output(self) -> Tensor | None:
+        return self._output()
 
     def forward(self, *xs, **params):
         raise NotImplementedError
@@ -311,12 +337,15 @@ class Function:
         backend.get_array_module(*arrays)  # a clear error when numpy and cupy meet here
         fn = cls()
         fn.needs_grad = tuple(t.requires_grad for t in tensors)
-        out = Tensor(fn.forward(*arrays, **params))
+        y = fn.forward(*arrays, **params)
+        if isinstance(y, np.generic):  # NumPy reductions return scalars; keep them on NumPy
+            y = np.asarray(y)
+        out = Tensor(y)
         if _grad_enabled and any(fn.needs_grad):
             out.requires_grad = True
             out.creator = fn
             fn.inputs = tensors
-            fn.output = out
+            fn._output = weakref.ref(out)
         return out
 
 

@@ -86,6 +86,7 @@ class SGD(Optimizer):
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
 
     def _update(self, p, g, state) -> None:
+        # BEGIN SOLUTION task 3.2
         if self.weight_decay:
             g = g + self.weight_decay * p.data
         if self.momentum:
@@ -100,6 +101,7 @@ class SGD(Optimizer):
             else:
                 g = v
         p.data -= self.lr * g
+        # END SOLUTION
 
 
 class Adam(Optimizer):

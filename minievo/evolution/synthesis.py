@@ -129,6 +129,7 @@ def sample_layer_mask(
         The offspring mask (0/1, ``weight_shape``, encoding's backend), and with
         ``return_clusters`` the boolean cluster draw as well.
     """
+    # BEGIN SOLUTION task 6.1
     kept_clusters = draw_clusters(encoding, env, rng)
     kept_synapses = draw_synapses(encoding, env, rng)
     xp = get_array_module(kept_synapses)
@@ -141,6 +142,7 @@ def sample_layer_mask(
     if return_clusters:
         return mask, kept_clusters
     return mask
+    # END SOLUTION
 
 
 @dataclass

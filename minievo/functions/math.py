@@ -32,10 +32,12 @@ class Mul(Function):
         return a * b
 
     def backward(self, gy):
+        # BEGIN SOLUTION task 2.1
         # d(ab)/da = b, d(ab)/db = a
         ga = gy * self.b if self.needs_grad[0] else None
         gb = gy * self.a if self.needs_grad[1] else None
         return ga, gb
+        # END SOLUTION
 
 
 class Div(Function):
@@ -81,10 +83,12 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, gy):
+        # BEGIN SOLUTION task 2.2
         # y = a b  =>  dL/da = gy b^T,  dL/db = a^T gy
         ga = gy @ self.b.T if self.needs_grad[0] else None
         gb = self.a.T @ gy if self.needs_grad[1] else None
         return ga, gb
+        # END SOLUTION
 
 
 class Exp(Function):

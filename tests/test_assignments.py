@@ -1,0 +1,216 @@
+"""Coursework tooling: solution markers, student copies and grading, in both directions.
+
+The reference (this checkout) must score every point; a fresh student copy must import and
+score nothing, each task stopping at the NotImplementedError of its own block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minievo import assignments as A
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args, cwd, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def student_copy(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("coursework") / "copy"
+    proc = _run(["-m", "minievo.cli", "assignments", "new", str(dest)], cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "solution blocks replaced" in proc.stdout
+    return dest
+
+
+# ----- markers -------------------------------------------------------------------------------
+def test_every_task_has_a_block_a_test_and_a_registered_marker():
+    blocks = A.collect_blocks()
+    tests = "".join(p.read_text() for p in (REPO / "tests" / "assignments").glob("test_*.py"))
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for task in A.TASKS:
+        assert blocks[task.id], f"task {task.id} has no solution block"
+        assert f"@pytest.mark.{task.marker}" in tests, f"task {task.id} has no test"
+        assert f'"{task.marker}:' in pyproject, f"marker {task.marker} is not registered"
+        assert (REPO / task.chapter).is_file(), f"task {task.id} points to a missing chapter"
+        assert any(b.path == task.where.split(":")[0] for b in blocks[task.id]), task.where
+
+
+@pytest.mark.parametrize("text, error", [
+    ("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n",
+     r":2: .*needs a task id"),
+    ("def f():\n    # BEGIN SOLUTION task 9.9\n    return 1\n    # END SOLUTION\n",
+     r":2: unknown task '9.9'"),
+    ("def f():\n    # BEGIN SOLUTION task 2.1\n    # BEGIN SOLUTION task 2.2\n", r":3: .*inside"),
+    ("def f():\n    # BEGIN SOLUTION task 2.1\n    return 1\n", r":2: .*never closed"),
+    ("def f():\n    return 1\n    # END SOLUTION\n", r":3: END SOLUTION without"),
+    ("def f():\n    # BEGIN SOLUTION task 2.1\n    # END SOLUTION\n", r":2: empty"),
+])
+def test_malformed_markers_are_reported_with_file_and_line(text, error):
+    with pytest.raises(A.AssignmentError, match="x.py" + error):
+        A.find_blocks(text, "x.py")
+
+
+def test_a_stub_keeps_the_indentation_and_raises_naming_the_task():
+    text = ("class K:\n"
+            "    def f(self, x):\n"
+            "        y = x + 1\n"
+            "        # BEGIN SOLUTION task 5.1\n"
+            "        return y * 2\n"
+            "        # END SOLUTION\n"
+            "\n"
+            "\n"
+            "def g():\n"
+            "    return 3\n")
+    new, blocks = A.strip_solutions(text, "k.py")
+    assert [(b.task, b.begin, b.end, b.indent) for b in blocks] == [("5.1", 4, 6, " " * 8)]
+    assert "return y * 2" not in new and "SOLUTION" not in new
+    assert '        raise NotImplementedError("task 5.1: ' in new
+    assert new.endswith("def g():\n    return 3\n")
+    namespace: dict = {}
+    exec(compile(new, "k.py", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=r"^task 5\.1: .* see tutorials/05_"):
+        namespace["K"]().f(1)
+    assert namespace["g"]() == 3
+
+
+def test_a_block_where_no_raise_can_stand_is_refused():
+    text = "def f():\n# BEGIN SOLUTION task 2.1\n    return 1\n# END SOLUTION\n"
+    with pytest.raises(A.AssignmentError, match="does not compile"):
+        A.strip_solutions(text, "bad.py")
+
+
+# ----- the reference scores every point ----------------------------------------------------------
+def test_grading_the_reference_gives_full_points(tmp_path):
+    out = tmp_path / "grade.json"
+    proc = _run(["-m", "minievo.cli", "assignments", "grade", "--json", str(out)], cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert Path(report["minievo_file"]).resolve().parent == REPO / "minievo"
+    assert report["earned"] == report["total"] == sum(t.points for t in A.TASKS)
+    for r in report["results"]:
+        assert r["status"] == "passed" and r["tests"] > 0 and r["passed"] == r["tests"], r
+    assert re.search(r"^total\s+(\d+) / \1\s*$", proc.stdout, re.M), proc.stdout
+
+
+# ----- a fresh student copy scores nothing, task by task -----------------------------------------
+def test_student_copy_holds_the_stubs_and_no_solution(student_copy):
+    assert (student_copy / "tests" / "assignments" / "test_assignment_tasks.py").is_file()
+    assert (student_copy / "pytest.ini").is_file()
+    assert (student_copy / "ASSIGNMENTS.md").is_file()
+    assert (student_copy / "data_loaders" / "__init__.py").is_file()
+    assert not list(student_copy.rglob("__pycache__"))
+    assert A.collect_blocks(student_copy / "minievo") == {t.id: [] for t in A.TASKS}
+    for task_id, blocks in A.collect_blocks().items():
+        for block in blocks:
+            reference = (REPO / block.path).read_text()
+            copied = (student_copy / block.path).read_text()
+            assert copied == A.strip_solutions(reference, block.path)[0]
+            assert json.dumps(A.get_task(task_id).message, ensure_ascii=False) in copied
+
+
+def test_student_copy_imports(student_copy):
+    # Every module that imports in the reference must import in the copy.
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "import minievo\n"
+        "ok = []\n"
+        "for m in pkgutil.walk_packages(minievo.__path__, 'minievo.'):\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "        ok.append(m.name)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "print(json.dumps({'file': minievo.__file__, 'ok': sorted(ok)}))\n"
+    )
+    ref = _run(["-c", script], cwd=REPO)
+    copy = _run(["-c", script], cwd=student_copy)
+    assert ref.returncode == 0 and copy.returncode == 0, ref.stderr + copy.stderr
+    ref_info, copy_info = json.loads(ref.stdout), json.loads(copy.stdout)
+    assert Path(copy_info["file"]).resolve().parent == (student_copy / "minievo").resolve()
+    assert set(ref_info["ok"]) <= set(copy_info["ok"])
+    assert "minievo.functions.math" in copy_info["ok"]
+    plain = _run(["-c", "import minievo"], cwd=student_copy)
+    assert plain.returncode == 0, plain.stderr
+
+
+def test_grading_a_fresh_student_copy_gives_zero_with_not_implemented_per_task(
+        student_copy, tmp_path):
+    out = tmp_path / "grade.json"
+    proc = _run(["-m", "minievo.cli", "assignments", "grade", str(student_copy), "--json",
+                 str(out)], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert Path(report["minievo_file"]).resolve().parent == (student_copy / "minievo").resolve()
+    assert report["earned"] == 0 and report["total"] == sum(t.points for t in A.TASKS)
+    assert not report["collect_errors"]
+    for r in report["results"]:
+        assert r["status"] == "not implemented", r
+        assert r["tests"] > 0 and r["passed"] == 0
+        assert r["detail"].startswith(f"NotImplementedError: task {r['id']}: "), r
+    for task in A.TASKS:
+        assert re.search(rf"^{re.escape(task.id)}\s.*not implemented\s+0 / {task.points}",
+                         proc.stdout, re.M), proc.stdout
+    assert re.search(r"^total\s+0 / \d+", proc.stdout, re.M)
+
+
+def test_a_restored_solution_scores_its_points(student_copy, tmp_path):
+    work = tmp_path / "partial"
+    shutil.copytree(student_copy, work)
+    shutil.copy(REPO / "minievo" / "functions" / "math.py",
+                work / "minievo" / "functions" / "math.py")
+    report = A.grade(work, tasks=["2.1", "2.2", "5.1"])
+    status = {r.id: (r.status, r.earned) for r in report.results}
+    assert status == {"2.1": ("passed", 2), "2.2": ("passed", 3), "5.1": ("not implemented", 0)}
+    assert "not implemented" in A.format_report(report)
+
+
+def test_a_wrong_solution_is_reported_as_failed(student_copy, tmp_path):
+    work = tmp_path / "wrong"
+    shutil.copytree(student_copy, work)
+    path = work / "minievo" / "functions" / "math.py"
+    text = path.read_text()
+    stub = json.dumps(A.get_task("2.1").message, ensure_ascii=False)
+    path.write_text(text.replace(f"raise NotImplementedError({stub})", "return gy * self.a, gy"))
+    result = A.grade(work, tasks=["2.1"]).results[0]
+    assert result.status == "failed" and result.earned == 0
+    assert "AssertionError" in result.detail
+
+
+# ----- bad input -----------------------------------------------------------------------------
+def test_new_refuses_a_non_empty_folder_and_the_checkout_itself(tmp_path):
+    (tmp_path / "something").write_text("x")
+    with pytest.raises(A.AssignmentError, match="not empty"):
+        A.new_assignment(tmp_path)
+    with pytest.raises(A.AssignmentError, match="inside the package"):
+        A.new_assignment(REPO)
+
+
+def test_grade_needs_a_folder_with_a_package(tmp_path):
+    with pytest.raises(A.AssignmentError, match="holds no minievo package"):
+        A.grade(tmp_path)
+    with pytest.raises(A.AssignmentError, match="unknown task '8.8'"):
+        A.grade(None, tasks=["8.8"])
+
+
+def test_cli_usage_errors_are_one_line(tmp_path):
+    proc = _run(["-m", "minievo.cli", "assignments", "grade", str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("minievo: error: ") and "Traceback" not in proc.stderr
+    listing = _run(["-m", "minievo.cli", "assignments", "list"], cwd=tmp_path)
+    assert listing.returncode == 0
+    for task in A.TASKS:
+        assert task.id in listing.stdout
