@@ -61,7 +61,8 @@ def _load_cupy() -> ModuleType:
     except Exception as exc:
         _cupy_error = (
             f"CuPy is installed but no CUDA device is usable ({type(exc).__name__}: {exc}). "
-            "Check the NVIDIA driver (nvidia-smi) or use --backend numpy."
+            "Check the NVIDIA driver (nvidia-smi), that the CUDA 12 build of CuPy matches it "
+            "(pip install -e .[gpu] installs cupy-cuda12x), or use --backend numpy."
         )
         raise BackendError(_cupy_error) from exc
     if n < 1:
