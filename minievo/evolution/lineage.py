@@ -139,10 +139,10 @@ PRESETS: dict[str, dict] = {
                         cluster_quantile=0.5, target_retention=0.66,
                         retention_control="quantile"),
     # A few-minute run of the same pipeline on a slice of MNIST.
-    "quick": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=1,
+    "quick": dict(model="lenet5", dataset="mnist", generations=5, ancestor_epochs=2,
                   offspring_epochs=1, f_c=1.0, f_s=1.0, normalisation_scope="network",
                   cluster_quantile=0.5, target_retention=0.5, retention_control="quantile",
-                  limit_train=6000, limit_test=2000),
+                  limit_train=12000, limit_test=2000),
 }
 
 
