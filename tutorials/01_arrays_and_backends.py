@@ -27,10 +27,8 @@
 # finishes in seconds; the tests run every chapter that way.
 
 # %%
-import os
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -39,22 +37,12 @@ if "ipykernel" not in sys.modules:  # as a script: draw into files only
 import matplotlib.pyplot as plt
 import numpy as np
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
+from minievo import tutorial
 
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 print(f"fast mode: {FAST}; numpy {np.__version__}")

@@ -22,10 +22,8 @@
 # update with momentum, weight decay and Nesterov momentum.
 
 # %%
-import os
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -36,26 +34,14 @@ import numpy as np
 
 import data_loaders as dl
 from minievo import functions as F
-from minievo import init, models, optim, training
+from minievo import init, models, optim, training, tutorial
 from minievo.autograd import Tensor
 from minievo.layers import Linear, Sequential
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 # %% [markdown]

@@ -23,10 +23,8 @@
 # `col2im`, its adjoint, used by the backward pass.
 
 # %%
-import os
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -36,31 +34,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data_loaders as dl
-from minievo import checkpoint, init, models, optim, training
+from minievo import checkpoint, init, models, optim, training, tutorial
 from minievo import functions as F
 from minievo.autograd import Tensor, no_grad
 from minievo.evolution.metrics import model_metrics
 from minievo.functions.conv import col2im, im2col
 from minievo.testing import gradient_check
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-# Trained networks are kept here (full mode only) for the chapters that follow.
-RUNS = Path(os.environ.get("MINIEVO_TUTORIAL_RUNS", HERE / "runs"))
-
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 def load(name, n_train=None, n_test=None):

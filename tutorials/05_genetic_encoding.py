@@ -29,9 +29,7 @@
 
 # %%
 import math
-import os
 import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -41,7 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data_loaders as dl
-from minievo import checkpoint, init, models, optim, training
+from minievo import checkpoint, init, models, optim, training, tutorial
 from minievo.evolution import (
     EnvironmentalFactor,
     TargetRetention,
@@ -53,23 +51,10 @@ from minievo.evolution import (
 )
 from minievo.layers import prunable_layers
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-RUNS = Path(os.environ.get("MINIEVO_TUTORIAL_RUNS", HERE / "runs"))
-
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 # %% [markdown]

@@ -26,10 +26,8 @@
 # Assignment task: **7.1** compaction, the CSR list of live kernels.
 
 # %%
-import os
 import sys
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -38,29 +36,17 @@ if "ipykernel" not in sys.modules:  # as a script: draw into files only
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minievo import backend, init, kernels, models, sparse
+from minievo import backend, init, kernels, models, sparse, tutorial
 from minievo.autograd import Tensor, no_grad
 from minievo.evolution import EnvironmentalFactor, apply_offspring_init, synthesize_offspring
 from minievo.layers import prunable_layers
 from minievo.sparse import gpu as sparse_gpu
 from minievo.sparse import reference as ref
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 # %% [markdown]

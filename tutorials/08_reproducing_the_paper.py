@@ -41,27 +41,14 @@ if "ipykernel" not in sys.modules:  # as a script: draw into files only
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from minievo import checkpoint, models, sparse
+from minievo import checkpoint, models, sparse, tutorial
 from minievo.evolution.lineage import PRESETS, EvolutionConfig, Lineage
 from minievo.evolution.report import markdown_table
 
-FAST = os.environ.get("MINIEVO_FAST") == "1"
-try:
-    HERE = Path(__file__).resolve().parent
-except NameError:  # in a notebook: its own folder
-    HERE = Path.cwd()
-FIGURES = Path(os.environ.get("MINIEVO_FIGURES", HERE / "figures"))
-FIGURES.mkdir(parents=True, exist_ok=True)
-RUNS = Path(os.environ.get("MINIEVO_TUTORIAL_RUNS", HERE / "runs"))
-
-
-def save(fig, name):
-    """Write a figure to the figures folder (and close it when nobody can look at it)."""
-    path = FIGURES / name
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"figure: {path}")
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
+# Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
+FAST = tutorial.fast_mode()
+FIGURES, RUNS = tutorial.folders(globals().get("__file__"))
+save = tutorial.figure_saver(FIGURES)
 
 
 # %% [markdown]
