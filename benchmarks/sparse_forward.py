@@ -13,16 +13,17 @@ with the ratio of multiply-accumulates (dense / executed) beside the ratio of ti
   checkpoint) is measured the same way;
 * ``--synthesize``: an evolution-like LeNet-5 made here by repeated evolutionary synthesis
   (METHOD.md, no retraining between generations) until it reaches ``--target-efficiency``;
-* ``--sweep``: csr against dense for every density, the measurement behind
-  ``minievo.sparse.cpu.CSR_MAX_DENSITY``;
+* ``--sweep``: every CPU path (native, csr, dense) at every density, the measurement behind
+  the cost models in :mod:`minievo.sparse.cpu`;
 * ``--backend cupy``: on a GPU, the RawKernels against the dense CuPy path and against
   ``cupyx.scipy.sparse``.
 
 Run: ``python benchmarks/sparse_forward.py [--batch 1000] [--repeats 5]``. Timings are the best
 of ``--repeats`` runs (dense and compact interleaved, so a busy machine slows both alike).
-``--single-thread`` pins BLAS and the csr products to one thread and times CPU seconds of the
+``--single-thread`` pins BLAS and the sparse products to one thread and times CPU seconds of the
 process instead of wall seconds: the comparison to use on a shared, busy machine, where
-multi-threaded BLAS timings swing by 10x with the load.
+multi-threaded BLAS timings swing by 10x with the load. ``MINIEVO_NATIVE=0`` measures the
+compact models without the compiled kernel (the scipy.sparse / BLAS paths only).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from minievo import backend, models, sparse  # noqa: E402
 from minievo import layers as L  # noqa: E402
 from minievo.autograd import Tensor, no_grad  # noqa: E402
+from minievo.kernels import native  # noqa: E402
 from minievo.sparse.synthetic import set_random_masks  # noqa: E402
 
 DENSITIES = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -198,8 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--ancestor", type=str, default=None,
                    help="trained ancestor checkpoint for --synthesize (default: random init)")
     p.add_argument("--target-efficiency", type=float, default=125.0)
-    p.add_argument("--sweep", action="store_true", help="csr against dense at every density")
-    p.add_argument("--threads", type=int, default=None, help="threads of the csr products")
+    p.add_argument("--sweep", action="store_true",
+                   help="every CPU path (native, csr, dense) at every density")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the native and csr products")
     p.add_argument("--backend", choices=backend.BACKENDS, default="numpy")
     p.add_argument("--skip", type=str, default="", help="comma list: conv,lenet")
     p.add_argument("--seed", type=int, default=0)
@@ -217,8 +221,10 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     clock = "CPU time, one thread" if args.single_thread else "wall time"
     print(f"minievo sparse forward benchmark: batch {args.batch}, best of {args.repeats} "
-          f"({clock}), {os.cpu_count()} CPUs, load average {load:.2f}, csr threads "
-          f"{sparse.get_num_threads()}, CSR_MAX_DENSITY {sparse.CSR_MAX_DENSITY}")
+          f"({clock}), {os.cpu_count()} CPUs, load average {load:.2f}, sparse threads "
+          f"{sparse.get_num_threads()}")
+    print(f"native kernel: {native.status()}")
+    cpu_methods = [*(["native"] if native.available() else []), "csr", "dense"]
     if args.backend == "cupy":
         gpu_section(args, rng)
         return 0
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
         x = rng.standard_normal((args.batch, 20, 12, 12)).astype(np.float32)
         for d in densities:
             model = conv_layer_model(rng, d)
-            methods = ["csr", "dense"] if args.sweep else ["auto"]
+            methods = cpu_methods if args.sweep else ["auto"]
             for method in methods:
                 label = f"conv2 {d:.0%} live" + (f" [{method}]" if args.sweep else "")
                 compare(label, model, x, args.repeats, xp, method, input_shape=(20, 12, 12))
@@ -241,7 +247,7 @@ def main(argv=None) -> int:
         x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
         for d in densities:
             model = set_random_masks(models.lenet5(), rng, d)
-            methods = ["csr", "dense"] if args.sweep else ["auto"]
+            methods = cpu_methods if args.sweep else ["auto"]
             for method in methods:
                 label = f"lenet5 {d:.0%} live" + (f" [{method}]" if args.sweep else "")
                 compare(label, model, x, args.repeats, xp, method)

@@ -115,6 +115,9 @@ def cmd_doctor(args) -> int:
         except Exception as exc:
             print(f"CUDA         no usable device: {type(exc).__name__}: {exc}")
     print(f"RawKernel    {_kernel_check()}")
+    from minievo.kernels import native  # noqa: PLC0415
+
+    print(f"CPU kernel   {native.status()}")
     return 0
 
 

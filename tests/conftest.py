@@ -44,3 +44,20 @@ def xp(backend_name):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _native_kernel_cache(tmp_path_factory):
+    """Build the native CPU kernel once per test session, in a fresh folder (so the tests check
+    that it builds from the source, never a library left over from an earlier version)."""
+    from minievo.kernels import native
+
+    old = os.environ.get("MINIEVO_NATIVE_CACHE")
+    os.environ["MINIEVO_NATIVE_CACHE"] = str(tmp_path_factory.mktemp("native-cache"))
+    native.reset()
+    yield
+    if old is None:
+        os.environ.pop("MINIEVO_NATIVE_CACHE", None)
+    else:
+        os.environ["MINIEVO_NATIVE_CACHE"] = old
+    native.reset()

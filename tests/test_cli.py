@@ -229,3 +229,18 @@ def test_evolve_into_a_folder_holding_another_run_is_refused(tmp_path, capsys):
     status, _, err = call_main(capsys, *EVOLVE, "--out", str(out))
     assert status == 2
     assert_one_line_error(err, "holds a different evolve run", "use another --out")
+
+
+def test_doctor_reports_the_kernels(capsys):
+    """`minievo doctor` names the native CPU kernel's library (or why there is none) and the
+    state of the CUDA kernels, and exits 0 either way."""
+    from minievo.kernels import native
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("CPU kernel"))
+    if native.available():
+        assert str(native.load().path) in line
+    else:
+        assert "unavailable" in line and "scipy.sparse" in line
+    assert any(x.startswith("RawKernel") for x in out.splitlines())

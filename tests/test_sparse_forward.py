@@ -9,10 +9,16 @@ from minievo import layers as L
 from minievo import models, sparse
 from minievo.autograd import Tensor, no_grad
 from minievo.backend import to_numpy
+from minievo.kernels import native
 from minievo.sparse import cpu
 from minievo.sparse.synthetic import random_mask, set_random_masks
 
 DENSITIES = [0.01, 0.05, 0.1, 0.2, 0.5, 1.0]
+
+#: The CPU paths of the compact layers. The native one needs a C compiler; where there is one,
+#: a kernel that fails to build fails these tests (it does not skip).
+NEEDS_CC = pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
+METHODS = [pytest.param("native", marks=NEEDS_CC), "csr", "dense"]
 
 
 def assert_close(actual, expected, rtol=1e-5):
@@ -31,7 +37,7 @@ def dense_forward(model, x):
 # ----- single layers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["csr", "dense"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("density", DENSITIES)
 def test_compact_conv_equals_masked_conv(xp, backend_name, density, method):
     rng = np.random.default_rng(int(density * 1000))
@@ -43,7 +49,7 @@ def test_compact_conv_equals_masked_conv(xp, backend_name, density, method):
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (2, 2), (3, 1)])
-@pytest.mark.parametrize("method", ["csr", "dense"])
+@pytest.mark.parametrize("method", METHODS)
 def test_compact_conv_stride_and_padding(xp, backend_name, stride, padding, method):
     rng = np.random.default_rng(stride * 10 + padding)
     conv = set_random_masks(L.Sequential(L.Conv2d(5, 7, 3, stride=stride, padding=padding)), rng,
@@ -54,7 +60,7 @@ def test_compact_conv_stride_and_padding(xp, backend_name, stride, padding, meth
     assert_close(cc(x), dense_forward(conv, x))
 
 
-@pytest.mark.parametrize("method", ["csr", "dense"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("density", DENSITIES)
 def test_compact_linear_equals_masked_linear(xp, backend_name, density, method):
     rng = np.random.default_rng(int(density * 1000) + 1)
@@ -87,7 +93,8 @@ def test_cpu_threads_and_chunks_do_not_change_the_result(monkeypatch):
         monkeypatch.setattr(cpu, "MIN_CHUNK_IMAGES", 1)
         sparse.set_num_threads(threads)
         try:
-            for method in ("csr", "dense"):
+            for method in ("native", "csr", "dense") if native.available() else ("csr",
+                                                                                   "dense"):
                 cc = sparse.CompactConv2d.from_dense(conv.weight.data, conv.bias.data,
                                                      conv.mask, padding=1, method=method)
                 assert_close(cc(x), ref)
@@ -100,7 +107,19 @@ def test_auto_method_follows_density():
     w = rng.standard_normal((20, 30)).astype(np.float32)
     sparse_layer = sparse.CompactLinear.from_dense(w, None, random_mask(rng, w.shape, 0.05, 0))
     dense_layer = sparse.CompactLinear.from_dense(w, None, np.ones_like(w))
-    assert sparse_layer.method == "csr" and dense_layer.method == "dense"
+    want = "native" if native.available() else "csr"
+    assert sparse_layer.method == want and dense_layer.method == "dense"
+
+
+def test_cost_models_choose_by_density():
+    """LeNet-5 conv2 (20 -> 50 maps, 5x5) and fc1 (800 -> 500), with and without the native
+    kernel: sparse layers go to a sparse path, dense ones to BLAS."""
+    for allow, sparse_method in [(True, "native"), (False, "csr")]:
+        for density, want in [(0.02, sparse_method), (0.1, sparse_method), (1.0, "dense")]:
+            synapses = int(density * 25_000)
+            assert cpu.choose_conv_method(synapses, 50, 20, 5, 5, allow_native=allow) == want
+            assert cpu.choose_method(int(density * 400_000), 400_000, allow) == want
+    assert cpu.choose_method(0, 0) == "dense"
 
 
 # ----- whole models --------------------------------------------------------------------------
@@ -116,7 +135,7 @@ def test_lenet5_compact_equals_masked_dense(xp, density, kernel_level):
     assert_close(cm(x), dense_forward(net, x))
 
 
-@pytest.mark.parametrize("method", ["csr", "dense"])
+@pytest.mark.parametrize("method", METHODS)
 def test_lenet5_forced_methods(xp, method):
     rng = np.random.default_rng(5)
     net = set_random_masks(models.lenet5(), rng, 0.3)
@@ -242,7 +261,7 @@ def test_input_is_never_modified(xp):
     np.testing.assert_array_equal(to_numpy(x), before)
 
 
-@pytest.mark.parametrize("method", ["csr", "dense"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("pool", [(2, 2), (3, 2), (2, 1)])
 def test_conv_with_fused_pooling(xp, method, pool):
     """Conv followed by MaxPool runs fused on the CPU, with a plain bias or a bias map."""

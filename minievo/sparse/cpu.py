@@ -5,7 +5,14 @@ the stride-1 scheme, which copies each input row run once (kh times less data th
 and turns the kernel column into an offset into that buffer. The batch is processed in chunks
 so that the buffers stay in cache.
 
-The products ``weights @ rows`` are done one of two ways:
+A layer runs one of three ways:
+
+* ``"native"``: the compiled direct convolution of ``minievo/kernels/sparse_cpu.c`` (see
+  :mod:`minievo.kernels.native`), which visits only the live synapses and keeps its sums in
+  vector registers; built with the system C compiler on first use. It is the fastest way for
+  every sparse layer we measured; without a C compiler the other two take over.
+
+The other two work on the products ``weights @ rows``:
 
 * ``"csr"``: ``scipy.sparse`` csr matrices of the live synapses; the work is proportional to
   the live synapses. scipy's kernel is single threaded but releases the GIL, so the chunks
@@ -13,10 +20,8 @@ The products ``weights @ rows`` are done one of two ways:
 * ``"dense"``: the compacted weight (dead filters and input maps already removed) as dense
   matrices, multiplied by BLAS (multi-threaded by itself).
 
-Which one a layer uses is decided per layer: convolutions by a small cost model
-(:func:`choose_conv_method`), linear layers (feature-major x (F, N)) by their density of live
-synapses (:data:`CSR_MAX_DENSITY`); both calibrated with ``benchmarks/sparse_forward.py
---sweep``.
+Which one a layer uses is decided per layer by small cost models (:func:`choose_conv_method`,
+:func:`choose_method`), calibrated with ``benchmarks/sparse_forward.py --sweep``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.lib.stride_tricks import as_strided
 
+from minievo.kernels import native
 from minievo.sparse.reference import conv_output_hw
+
+METHODS = ("native", "csr", "dense")
 
 #: Linear layers: below this fraction of live synapses (of the compacted O x F weight) the csr
 #: product is used, above it dense BLAS. Measured on one core, LeNet-5 fc1 (800 -> 500, batch
@@ -45,6 +53,16 @@ CSR_MAX_DENSITY = 0.15
 #: 20 %, dense at 50 %), and sends tiny compacted layers (conv1 with a few filters), whose cost
 #: is the patch copy, to the csr path.
 COPY_NS, BLAS_NS, CSR_NS = 1.0, 0.025, 0.14
+
+#: The native kernel in the same units: NATIVE_NS per live synapse, plus NATIVE_COPY_NS per
+#: input value packed (scaled to one output pixel) and per output written. Measured on LeNet-5
+#: conv2, one core, batch 1000 (benchmarks/sparse_forward.py --sweep --single-thread):
+#: about 14 GMAC/s at 10-50 % live kernels, against 22 GMAC/s for the dense BLAS path at 100 %.
+NATIVE_NS, NATIVE_COPY_NS = 0.075, 0.5
+
+#: Linear layers with the native kernel: dense BLAS when ``synapses * NATIVE_LINEAR_NS`` is
+#: more than ``O * F * BLAS_LINEAR_NS`` (per image).
+NATIVE_LINEAR_NS, BLAS_LINEAR_NS = 0.1, 0.025
 
 #: Dense (BLAS) path: floats of the patch matrix per chunk of the batch (64 MiB). Few, large
 #: GEMMs: on one core the chunk size hardly matters (LeNet-5 conv2, batch 1000: 78 ms with
@@ -105,19 +123,51 @@ def _run_parallel(fn, parts: list) -> None:
         future.result()
 
 
-def choose_method(live: int, total: int) -> str:
-    """'csr' or 'dense' for a linear product with ``live`` of ``total`` weight entries live."""
+def native_available() -> bool:
+    """True when the compiled kernel can be used (see :mod:`minievo.kernels.native`)."""
+    return native.available()
+
+
+def choose_method(live: int, total: int, allow_native: bool | None = None) -> str:
+    """The method for a linear product with ``live`` of ``total`` weight entries live.
+
+    ``allow_native``: whether 'native' may be chosen (default: when the kernel is available).
+    """
     if total == 0:
         return "dense"
+    if allow_native is None:
+        allow_native = native_available()
+    if allow_native:
+        return "native" if live * NATIVE_LINEAR_NS < total * BLAS_LINEAR_NS else "dense"
     return "csr" if live / total < CSR_MAX_DENSITY else "dense"
 
 
 def choose_conv_method(synapses: int, out_channels: int, in_channels: int, kh: int,
-                       kw: int) -> str:
-    """'csr' or 'dense' for a compact conv, by the cost model above (:data:`COPY_NS`)."""
+                       kw: int, in_pixels_per_out: float = 1.0,
+                       allow_native: bool | None = None) -> str:
+    """The method for a compact conv, by the cost models above (:data:`COPY_NS`).
+
+    ``in_pixels_per_out``: input pixels per output pixel (H*W / (OH*OW); about 1 for small
+    kernels), which scales the native kernel's packing cost.
+    """
     dense = in_channels * kh * kw * (COPY_NS + BLAS_NS * out_channels)
     csr = in_channels * kh * COPY_NS + CSR_NS * synapses + COPY_NS * out_channels
+    if allow_native is None:
+        allow_native = native_available()
+    if allow_native:
+        own = NATIVE_NS * synapses + NATIVE_COPY_NS * (
+            in_channels * in_pixels_per_out + out_channels)
+        if own < dense:
+            return "native"
     return "csr" if csr < dense else "dense"
+
+
+def _check_method(method: str) -> None:
+    if method not in (*METHODS, "auto"):
+        raise ValueError(f"method must be one of {', '.join(METHODS)} or 'auto', got "
+                         f"{method!r}")
+    if method == "native":
+        native.load()  # raises NativeUnavailable with the reason
 
 
 try:  # y += A @ X in place; the public `A @ X` would need an extra pass to add the result
@@ -153,11 +203,12 @@ class ConvWeights:
         indptr, indices, kernels: CSR over live kernels (see :func:`reference.kernel_csr`).
         kernel_mask: (nnz, kh, kw) 0/1 taps of the live kernels (synapses).
         in_channels: C of the compact layer.
-        method: 'csr', 'dense' or 'auto' (:func:`choose_method` on the live synapses).
+        method: 'native', 'csr', 'dense' or 'auto' (:func:`choose_conv_method`).
     """
 
     def __init__(self, indptr, indices, kernels, kernel_mask, in_channels: int,
                  method: str = "auto"):
+        _check_method(method)
         o = len(indptr) - 1
         nnz, kh, kw = kernels.shape
         self.out_channels, self.in_channels, self.kh, self.kw = o, in_channels, kh, kw
@@ -165,16 +216,24 @@ class ConvWeights:
         self.synapses = int(live.sum())
         self.method = (choose_conv_method(self.synapses, o, in_channels, kh, kw)
                        if method == "auto" else method)
-        if self.method not in ("csr", "dense"):
-            raise ValueError(f"method must be 'csr', 'dense' or 'auto', got {method!r}")
-        k, ky, kx = np.nonzero(live)  # one entry per synapse
+        k, ky, kx = np.nonzero(live)  # one entry per synapse, grouped by output map
         self._rows = np.repeat(np.arange(o), np.diff(indptr))[k]
         self._c = np.asarray(indices, dtype=np.int64)[k]
         self._ky, self._kx = ky, kx
         self._vals = np.asarray(kernels, dtype=np.float32)[k, ky, kx]
         self._shifted: list | None = None
         self._full = None
+        self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self._workspace = threading.local()  # per-thread buffers, reused between calls
+
+    def native_arrays(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(syn_ptr, off, w) for the native kernel on padded inputs of h x w pixels."""
+        if (h, w) not in self._offsets:
+            off = (self._c * h + self._ky) * w + self._kx
+            self._offsets[(h, w)] = off.astype(np.int32)
+        counts = np.bincount(self._rows, minlength=self.out_channels)
+        syn_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        return syn_ptr, self._offsets[(h, w)], self._vals
 
     def buffers(self, rsize: int, ysize: int, slack: int) -> tuple[np.ndarray, np.ndarray]:
         """Row and output buffers of at least these sizes, kept for the next call.
@@ -232,9 +291,49 @@ def _pad_chwn(x: np.ndarray, padding: int) -> np.ndarray:
     return xp
 
 
+def _batch_slices(n: int, tile: int, threads: int) -> list[tuple[int, int]]:
+    """[n0, n1) ranges of about equal size for the threads, cut at multiples of ``tile``."""
+    tiles = -(-n // tile)
+    parts = max(1, min(threads, tiles))
+    cuts = [min(n, (tiles * i // parts) * tile) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _native_call(n: int, work: int, call) -> None:
+    """Run ``call(n0, n1)`` over the batch, on the thread pool when there is enough work
+    (``work``: multiply-adds of the whole batch)."""
+    tile = native.load().tile
+    threads = get_num_threads() if work > 4_000_000 else 1
+    _run_parallel(lambda part: call(*part), _batch_slices(n, tile, threads))
+
+
+def _conv_native(x, weights: ConvWeights, bias, stride, oh, ow, bias_map, pool, relu, out,
+                 out_index):
+    kernel = native.load()
+    c, h, w, n = x.shape
+    syn_ptr, off, vals = weights.native_arrays(h, w)
+    shape = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
+                                           (ow - pool[0]) // pool[1] + 1)
+    if out is None:
+        out = np.empty((weights.out_channels, *shape, n), dtype=np.float32)
+    bias = np.ascontiguousarray(bias, dtype=np.float32)
+    if bias_map is not None:
+        bias_map = np.ascontiguousarray(bias_map, dtype=np.float32)
+
+    out_map = None if out_index is None else np.asarray(out_index, dtype=np.int32)
+
+    def call(n0, n1):
+        kernel.conv(x, syn_ptr, off, vals, (oh, ow), stride, bias, bias_map, pool, relu, out,
+                    n0, n1, out_map)
+
+    _native_call(n, weights.synapses * oh * ow * n, call)
+    return out
+
+
 def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: int = 1,
                 padding: int = 0, bias_map: np.ndarray | None = None,
-                pool: tuple[int, int] | None = None) -> np.ndarray:
+                pool: tuple[int, int] | None = None, relu: bool = False,
+                out: np.ndarray | None = None, out_index=None) -> np.ndarray:
     """Compact convolution on batch-last activations (C, H, W, N).
 
     Batch last, every spatial operation (copying rows, cropping, pooling, flattening) moves
@@ -263,6 +362,12 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
         pool: optional (kernel_size, stride) of a max pooling applied right away (fused: the
             full-size output is never written out and read back; a per-map bias commutes with
             the maximum and is added after it).
+        relu: apply max(., 0) last (fused into the native kernel).
+        out: optional float32 array (O, OH, OW, N) (pooled: (O, PH, PW, N)) for the result;
+            the native kernel writes it directly, also when it is a transposed batch-first
+            array (which spares the model's last layer a transposing copy).
+        out_index: with ``out``, the maps of ``out`` that receive the O output maps (the model's
+            last layer, when some of the model's outputs are constant).
 
     Returns:
         (O, OH, OW, N) float32, C-contiguous (pooled: (O, PH, PW, N)).
@@ -272,6 +377,11 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
         raise ValueError(f"compact conv expects {weights.in_channels} input maps, got {c}")
     kh, kw, o = weights.kh, weights.kw, weights.out_channels
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    if pool is not None and min(oh, ow) < pool[0]:
+        raise ValueError(f"max pooling window {pool[0]} does not fit maps of {oh}x{ow}")
+    if weights.method == "native":  # reads x in place unless it has to pad it
+        return _conv_native(_pad_chwn(x, padding), weights, bias, stride, oh, ow, bias_map,
+                            pool, relu, out, out_index)
     x = np.ascontiguousarray(_pad_chwn(x, padding))
     sc, sh, sw, sn = x.strides
     # csr: the shifted-row scheme (kh times less copying; the products dominate anyway).
@@ -285,11 +395,10 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
     if pool is not None:
         pk, ps = pool
         ph, pw = (oh - pk) // ps + 1, (ow - pk) // ps + 1
-        if ph < 1 or pw < 1:
-            raise ValueError(f"max pooling window {pk} does not fit maps of {oh}x{ow}")
-        out = np.empty((o, ph, pw, n), dtype=np.float32)
+        result = np.empty((o, ph, pw, n), dtype=np.float32)
     else:
-        out = np.empty((o, oh, ow, n), dtype=np.float32)
+        result = np.empty((o, oh, ow, n), dtype=np.float32)
+    target, out = out, result
     if weights.method == "csr":
         nb = CSR_CHUNK_COLUMNS // g
     else:
@@ -339,26 +448,41 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
                 dst += offset
 
     _run_parallel(work, parts)
-    return out
+    if relu:
+        np.maximum(out, 0.0, out=out)
+    return out if target is None else _store(target, out, out_index)
+
+
+def _store(target: np.ndarray, result: np.ndarray, index) -> np.ndarray:
+    """target[...] = result, or target[index] = result (index: maps of target)."""
+    if index is None:
+        target[...] = result
+    else:
+        target[index] = result
+    return target
 
 
 class LinearWeights:
-    """The compacted linear weight for the CPU: csr (split by rows for the threads) or dense."""
+    """The compacted linear weight for the CPU: native or csr (split by rows for the threads),
+    or dense."""
 
     def __init__(self, indptr, indices, values, in_features: int, method: str = "auto"):
+        _check_method(method)
         o = len(indptr) - 1
         self.out_features, self.in_features = o, in_features
         self.synapses = int(len(indices))
         total = o * in_features
         self.method = choose_method(self.synapses, total) if method == "auto" else method
-        if self.method not in ("csr", "dense"):
-            raise ValueError(f"method must be 'csr', 'dense' or 'auto', got {method!r}")
         csr = sp.csr_matrix(
             (np.asarray(values, dtype=np.float32), np.asarray(indices), np.asarray(indptr)),
             shape=(o, in_features),
         )
         csr.sort_indices()
-        if self.method == "csr":
+        if self.method == "native":
+            self.matrix = csr
+            self._native = (csr.indptr.astype(np.int32), csr.indices.astype(np.int32),
+                            np.ascontiguousarray(csr.data, dtype=np.float32))
+        elif self.method == "csr":
             self.matrix = csr
         else:
             self.matrix = csr.toarray()
@@ -380,11 +504,38 @@ class LinearWeights:
             self._blocks[parts] = blocks
         return self._blocks[parts]
 
-    def forward_fm(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """x (F, N) feature-major -> (O, N) float32."""
+    def forward_fm(self, x: np.ndarray, bias: np.ndarray, relu: bool = False,
+                   out: np.ndarray | None = None, out_index=None) -> np.ndarray:
+        """x (F, N) feature-major -> (O, N) float32; ``relu`` applies max(., 0) last; ``out``
+        an optional (O, N) array for the result, ``out_index`` its rows that receive it (see
+        :func:`conv2d_chwn`)."""
         if x.shape[0] != self.in_features:
             raise ValueError(f"compact linear expects {self.in_features} input features, "
                              f"got {x.shape[0]}")
+        n = x.shape[1]
+        if self.method == "native":  # a 1x1 "convolution" of F input maps of 1 pixel
+            kernel = native.load()
+            x4 = x[:, None, None, :]  # read in place (batch-last or transposed batch-first)
+            if out is None:
+                out = np.empty((self.out_features, n), dtype=np.float32)
+            out4 = out[:, None, None, :]
+            bias = np.ascontiguousarray(bias, dtype=np.float32)
+            indptr, indices, values = self._native
+
+            out_map = None if out_index is None else np.asarray(out_index, dtype=np.int32)
+
+            def call(n0, n1):
+                kernel.conv(x4, indptr, indices, values, (1, 1), 1, bias, None, None, relu,
+                            out4, n0, n1, out_map)
+
+            _native_call(n, self.synapses * n, call)
+            return out
+        result = self._forward_products(x, bias)
+        if relu:
+            np.maximum(result, 0.0, out=result)
+        return result if out is None else _store(out, result, out_index)
+
+    def _forward_products(self, x: np.ndarray, bias: np.ndarray) -> np.ndarray:
         n = x.shape[1]
         if self.method == "dense":
             out = self.matrix @ x

@@ -39,6 +39,14 @@ def _batch_first(h):
     return cpu.batch_first(h)
 
 
+def _copy_into(out, y, index=None):
+    if index is None:
+        out[...] = y
+    else:
+        out[index] = y
+    return out
+
+
 def _unwrap(x):
     """Raw array of a Tensor (or the array itself)."""
     return x.data if hasattr(x, "data") and hasattr(x, "grad") else x
@@ -100,7 +108,7 @@ class CompactConv2d(_DeviceMixin):
         stride, padding: as in Conv2d.
         bias_map: optional (O, OH, OW) offset added per output pixel (set by :func:`compact`
             when constant input maps are folded into a padded convolution).
-        method: CPU product, 'csr', 'dense' or 'auto' (by density, see :mod:`cpu`).
+        method: CPU path, 'native', 'csr', 'dense' or 'auto' (by cost model, see :mod:`cpu`).
 
     Shapes: forward x (N, C, H, W) -> (N, O, OH, OW).
     """
@@ -205,10 +213,14 @@ class CompactConv2d(_DeviceMixin):
         return w, self.bias.copy(), m
 
     # ----- forward -----------------------------------------------------------------------------
-    def forward_bl(self, x, pool: tuple[int, int] | None = None):
+    def forward_bl(self, x, pool: tuple[int, int] | None = None, relu: bool = False,
+                   out=None, out_index=None):
         """Batch-last forward: x (C, H, W, N) -> (O, OH, OW, N), either backend.
 
-        ``pool`` = (kernel_size, stride) applies a max pooling too (fused on the CPU).
+        ``pool`` = (kernel_size, stride) applies a max pooling too (fused on the CPU), and
+        ``relu`` then a ReLU (fused into the native CPU kernel). ``out``: an optional array for
+        the result, e.g. a transposed batch-first one, and ``out_index`` the maps of ``out``
+        that receive it (see :func:`cpu.conv2d_chwn`).
         """
         self._check_backend(x)
         if x.ndim != 4 or x.shape[0] != self.in_channels:
@@ -226,9 +238,11 @@ class CompactConv2d(_DeviceMixin):
             from minievo.kernels import get_kernel  # noqa: PLC0415
 
             y = self.kernel_forward(x, get_kernel(gpu.CONV_FILE, gpu.CONV_KERNEL), self._dev)
-            return y if pool is None else MaxPool(*pool).forward_bl(y)
+            y = y if pool is None else MaxPool(*pool).forward_bl(y)
+            y = ReLU().forward_bl(y, inplace=True) if relu else y
+            return y if out is None else _copy_into(out, y, out_index)
         return cpu.conv2d_chwn(x, self.cpu_weights, self.bias, self.stride, self.padding,
-                               self.bias_map, pool)
+                               self.bias_map, pool, relu, out, out_index)
 
     def host_arrays(self) -> dict:
         """The layer's arrays on the host, keyed like the device copies."""
@@ -251,8 +265,12 @@ class CompactConv2d(_DeviceMixin):
             raise ValueError(f"CompactConv2d expects input (N, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
         xp = get_array_module(x)
-        y = self.forward_bl(xp.ascontiguousarray(x.transpose(1, 2, 3, 0)))
-        return _batch_first(y)
+        h = x.transpose(1, 2, 3, 0)  # the CPU paths copy it as they need
+        if is_cupy_array(x):
+            return _batch_first(self.forward_bl(xp.ascontiguousarray(h)))
+        y = np.empty((x.shape[0], self.out_channels, *self.output_hw(*x.shape[2:])), np.float32)
+        self.forward_bl(h, out=y.transpose(1, 2, 3, 0))
+        return y
 
     __call__ = forward
 
@@ -269,7 +287,7 @@ class CompactLinear(_DeviceMixin):
         indptr: (O+1,), indices: (nnz,) input features, values: (nnz,) weights (a synapse whose
             weight is 0 is still stored: it is live in the mask), bias: (O,).
         in_features: F.
-        method: CPU product, 'csr', 'dense' or 'auto'.
+        method: CPU path, 'native', 'csr', 'dense' or 'auto'.
 
     Shapes: forward x (N, F) -> (N, O).
     """
@@ -342,8 +360,10 @@ class CompactLinear(_DeviceMixin):
         m[rows, self.indices] = 1
         return w, self.bias.copy(), m
 
-    def forward_bl(self, x):
-        """Batch-last (feature-major) forward: x (F, N) -> (O, N), either backend."""
+    def forward_bl(self, x, relu: bool = False, out=None, out_index=None):
+        """Batch-last (feature-major) forward: x (F, N) -> (O, N), either backend; ``relu``
+        applies a ReLU too (fused into the native CPU kernel); ``out``: an optional array for
+        the result, ``out_index`` its rows that receive it."""
         self._check_backend(x)
         if x.ndim != 2 or x.shape[0] != self.in_features:
             raise ValueError(f"CompactLinear expects feature-major input ({self.in_features}, "
@@ -354,9 +374,11 @@ class CompactLinear(_DeviceMixin):
         if is_cupy_array(x):
             from minievo.kernels import get_kernel  # noqa: PLC0415
 
-            return self.kernel_forward(x, get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL),
-                                       self._dev)
-        return self.cpu_weights.forward_fm(x, self.bias)
+            y = self.kernel_forward(x, get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL),
+                                    self._dev)
+            y = ReLU().forward_bl(y, inplace=True) if relu else y
+            return y if out is None else _copy_into(out, y, out_index)
+        return self.cpu_weights.forward_fm(x, self.bias, relu, out, out_index)
 
     def host_arrays(self) -> dict:
         """The layer's arrays on the host, keyed like the device copies."""
@@ -373,7 +395,11 @@ class CompactLinear(_DeviceMixin):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"CompactLinear expects input (N, {self.in_features}), got "
                              f"{tuple(x.shape)}")
-        return _batch_first(self.forward_bl(x.T))
+        if is_cupy_array(x):
+            return _batch_first(self.forward_bl(x.T))
+        y = np.empty((x.shape[0], self.out_features), np.float32)
+        self.forward_bl(x.T, out=y.T)
+        return y
 
     __call__ = forward
 

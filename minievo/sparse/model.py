@@ -309,18 +309,33 @@ class CompactModel:
         xp = get_array_module(x)
         n = x.shape[0]
         # Batch-last inside: (C, H, W, N) maps, (F, N) features (see minievo.sparse.layers).
+        # On the CPU the input starts as a transposed view: the native kernel reads it in place
+        # and the other paths make the copy they need.
         if self.leaf_specs[0]["op"] == "flatten" or x.ndim == 2:
-            h = xp.ascontiguousarray(x.reshape(n, -1).T)
+            h = x.reshape(n, -1).T
         else:
-            h = xp.ascontiguousarray(x.transpose(1, 2, 3, 0))
+            h = x.transpose(1, 2, 3, 0)
+        if self.backend == "cupy":
+            h = xp.ascontiguousarray(h)
         steps = self.steps
         i = 0
         while i < len(steps):
             step = steps[i]
             nxt = steps[i + 1] if i + 1 < len(steps) else None
+            # Fused on the CPU: conv + max-pool, and a ReLU right after either layer kind.
+            pool = None
             if isinstance(step, CompactConv2d) and isinstance(nxt, MaxPool):
-                h = step.forward_bl(h, pool=(nxt.kernel_size, nxt.stride))  # fused on the CPU
-                i += 2
+                pool = (nxt.kernel_size, nxt.stride)
+                i += 1
+                nxt = steps[i + 1] if i + 1 < len(steps) else None
+            if isinstance(step, (CompactConv2d, CompactLinear)):
+                relu = isinstance(nxt, ReLU)
+                kwargs = {"relu": relu} if pool is None else {"relu": relu, "pool": pool}
+                i += 2 if relu else 1
+                if i >= len(steps) and self.backend == "numpy":
+                    # the last layer writes a batch-first result directly
+                    return self._last_layer_batch_first(step, h, n, kwargs)
+                h = step.forward_bl(h, **kwargs)
                 continue
             if isinstance(step, ReLU):  # in place, unless h still is (a view of) the input
                 h = step.forward_bl(h, inplace=not xp.may_share_memory(h, x))
@@ -338,6 +353,20 @@ class CompactModel:
         return _batch_first(h)
 
     __call__ = forward
+
+    def _last_layer_batch_first(self, step, h, n: int, kwargs: dict) -> np.ndarray:
+        """Run the model's last (compact) layer straight into the batch-first output; a
+        transposing copy of a large batch-last result cost as much as a sparse layer."""
+        final = np.empty((n, *self.output_shape), dtype=np.float32)
+        if self.out_index is None:
+            step.forward_bl(h, out=final.transpose(*range(1, final.ndim), 0), **kwargs)
+            return final
+        static = np.ones(self.output_shape[0], dtype=bool)
+        static[self.out_index] = False
+        final[:, static] = self.out_static[static]
+        step.forward_bl(h, out=final.transpose(*range(1, final.ndim), 0),
+                        out_index=self.out_index, **kwargs)
+        return final
 
     def predict(self, x, batch_size: int = 1000):
         """Class indices (argmax of the outputs), computed in batches."""
@@ -391,13 +420,18 @@ def compact(model, input_shape: tuple | None = None, method: str = "auto") -> Co
         model: the masked dense model (either backend; the compact model goes to the same one).
         input_shape: per-sample input shape, e.g. (1, 28, 28). Inferred when a Flatten feeds a
             Linear (square inputs) or the model starts with Flatten or Linear.
-        method: CPU product of every compact layer: 'auto' (by density), 'csr' or 'dense'.
+        method: CPU path of every compact layer: 'auto' (by cost model), 'native', 'csr' or
+            'dense'.
 
     Returns:
         A :class:`CompactModel` whose forward equals the masked dense forward (float tolerance).
     """
-    if method not in ("auto", "csr", "dense"):
-        raise ValueError(f"method must be 'auto', 'csr' or 'dense', got {method!r}")
+    if method not in ("auto", "native", "csr", "dense"):
+        raise ValueError(f"method must be 'auto', 'native', 'csr' or 'dense', got {method!r}")
+    if method == "native":
+        from minievo.kernels import native  # noqa: PLC0415
+
+        native.load()  # NativeUnavailable, with the reason, now rather than at the first call
     leaves = _leaf_layers(model)
     if not leaves:
         raise ValueError("compact() got an empty model")

@@ -25,7 +25,7 @@ class LayerSummary:
     name: str
     kind: str  # 'conv' or 'linear'
     shape: tuple
-    method: str  # CPU product of the compact layer ('csr', 'dense' or '-' when not executed)
+    method: str  # CPU path of the compact layer ('native', 'csr', 'dense'; '-': not run)
     dense_synapses: int
     synapses: int
     effective_synapses: int

@@ -1,0 +1,335 @@
+"""The compiled CPU kernel of the compact layers: ``sparse_cpu.c``, built on first use.
+
+minievo ships the C source, not a binary. The first time a compact layer asks for the native
+path, :func:`load` compiles ``sparse_cpu.c`` with the system C compiler (``$CC``, else ``cc``,
+``gcc`` or ``clang``) for this very CPU (``-O3 -march=native``), keeps the shared library in a
+cache folder, and loads it with :mod:`ctypes`. Later runs load the cached library (a few ms).
+
+Nothing else depends on it: without a C compiler (or with ``MINIEVO_NATIVE=0``) the compact
+layers use the NumPy/scipy.sparse path, which gives the same results more slowly, and
+:func:`status` says why (``minievo doctor`` prints it).
+
+The cache key is a hash of the source, the compiler's version, the flags and the CPU's model
+and feature flags, so a library built for one machine is never loaded on another (a shared home
+folder on a cluster, say), where ``-march=native`` code could die of an illegal instruction.
+
+Folder: ``$MINIEVO_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/minievo/native``, else
+``~/.cache/minievo/native``. Writes are atomic (compile to a temporary name, then rename), so
+two processes building at once never load half a file.
+
+ctypes releases the GIL during the call, so :mod:`minievo.sparse.cpu` runs slices of the batch
+on a few Python threads at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import KERNEL_DIR
+
+SOURCE = KERNEL_DIR / "sparse_cpu.c"
+
+#: The kernel's interface version (``minievo_sparse_cpu_version()``); a library reporting
+#: another one is rebuilt.
+ABI_VERSION = 3
+
+#: Compiler flags, tried in order until one set works (-march=native is not known to every
+#: compiler; without it the library is portable and somewhat slower).
+FLAG_SETS = (
+    ["-O3", "-std=gnu11", "-march=native", "-fPIC", "-shared"],
+    ["-O3", "-std=gnu11", "-fPIC", "-shared"],
+)
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_i32p = ctypes.POINTER(ctypes.c_int32)
+_int = ctypes.c_int
+
+_ERRORS = {1: "could not allocate the kernel's workspace", 2: "inconsistent sizes"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernel cannot be used here; the message says why and what to do."""
+
+
+def enabled() -> bool:
+    """False when ``MINIEVO_NATIVE`` is set to 0 / false / no / off."""
+    return os.environ.get("MINIEVO_NATIVE", "1").strip().lower() not in ("0", "false", "no",
+                                                                          "off")
+
+
+def compiler() -> str | None:
+    """Path of the C compiler: ``$CC`` if set (None when it is not found), else the first of
+    cc, gcc, clang on PATH."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    for name in ("cc", "gcc", "clang"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept (see the module docstring)."""
+    env = os.environ.get("MINIEVO_NATIVE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minievo" / "native"
+
+
+def _cpu_identity() -> str:
+    """Model name and feature flags of this CPU (what -march=native compiles for)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = []
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("model name", "flags", "features", "cpu part", "isa") and line not in keep:
+            keep.append(line)
+        if not line.strip() and keep:  # the first processor's block is enough
+            break
+    return "\n".join([platform.machine(), *keep])
+
+
+@functools.cache
+def _compiler_version(cc: str) -> str:
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def library_path(cc: str, flags: list[str]) -> Path:
+    """The cached library for this source, compiler, flag set and CPU."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _compiler_version(cc).encode(), " ".join(flags).encode(),
+                 _cpu_identity().encode(), str(ABI_VERSION).encode()):
+        h.update(part)
+        h.update(b"\0")
+    suffix = ".dll" if os.name == "nt" else ".so"
+    return cache_dir() / f"sparse_cpu-{h.hexdigest()[:16]}{suffix}"
+
+
+def _build(cc: str, flags: list[str], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode != 0:
+            raise NativeUnavailable(f"{cc} {' '.join(flags)} failed:\n{done.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def pixel_strides(a: np.ndarray) -> tuple[int, int] | None:
+    """(pixel, image) strides in elements of a (C, H, W, N) float32 array whose C*H*W pixels
+    are evenly spaced (batch-last, or batch-first seen through a transpose); else None."""
+    item = a.itemsize
+    c, h, w, n = a.shape
+    if any(s % item for s in a.strides):
+        return None
+    sc, sh, sw, sn = (s // item for s in a.strides)
+    # axes of length 1 may carry any stride: only the others must line up
+    sp = sw if w > 1 else (sh // w if h > 1 else (sc // (h * w) if c > 1 else 1))
+    if (h > 1 and sh != w * sp) or (c > 1 and sc != h * w * sp) or (w > 1 and sw != sp):
+        return None
+    sn = sn if n > 1 else 1
+    # positive, and no two (pixel, image) pairs at the same place
+    if sp <= 0 or sn <= 0 or not (sp >= n * sn or sn >= c * h * w * sp):
+        return None
+    return sp, sn
+
+
+class NativeKernel:
+    """The loaded library, with argument checks in front of its one entry point."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        lib = ctypes.CDLL(str(path))
+        version = lib.minievo_sparse_cpu_version()
+        if version != ABI_VERSION:
+            raise NativeUnavailable(f"{path} has interface version {version}, this minievo "
+                                    f"needs {ABI_VERSION}; delete it to rebuild")
+        self.tile = int(lib.minievo_sparse_cpu_tile())
+        fn = lib.minievo_sparse_conv
+        fn.restype = _int
+        ll = ctypes.c_longlong
+        fn.argtypes = [_f32p, _int, _int, _int, _int, ll, ll,  # x, C, H, W, N, xsp, xsn
+                       _int, _i32p, _i32p, _f32p,              # O, syn_ptr, off, w
+                       _int, _int, _int,                       # OH, OW, stride
+                       _f32p, _f32p,                           # bias, bias_map
+                       _int, _int, _int,                       # pool_k, pool_s, relu
+                       _f32p, _i32p, ll, ll,                   # out, out_map, osp, osn
+                       _int, _int]                             # n_begin, n_end
+        self._conv = fn
+        self._lib = lib
+
+    def conv(self, x: np.ndarray, syn_ptr: np.ndarray, off: np.ndarray, w: np.ndarray,
+             out_hw: tuple[int, int], stride: int, bias: np.ndarray,
+             bias_map: np.ndarray | None, pool: tuple[int, int] | None, relu: bool,
+             out: np.ndarray, n_begin: int = 0, n_end: int | None = None,
+             out_map: np.ndarray | None = None) -> None:
+        """out[..., n_begin:n_end] = the sparse convolution of x (C, H, W, N).
+
+        Synapses of output map o: ``syn_ptr[o] .. syn_ptr[o+1]-1`` with weight ``w[s]`` and
+        input offset ``off[s] = (c*H + ky)*W + kx``. ``x`` is already padded. A linear layer
+        is x (F, 1, 1, N) with off = the input feature. ``out`` is (O, PH, PW, N), where PH, PW
+        are the pooled (or, without ``pool``, the convolution's) output size; with ``out_map``
+        (int32, (O,), distinct) map o goes to map ``out_map[o]`` of a larger ``out`` instead.
+
+        ``x`` and ``out`` are read and written in place when their pixels are evenly spaced:
+        batch-last arrays, and batch-first ones seen through a transpose (``x_nchw.transpose(1,
+        2, 3, 0)``), which spares the model a transposing copy of its input. Any other ``x`` is
+        copied first; any other ``out`` is refused.
+
+        Every other array must be C-contiguous with the exact dtype (float32, or int32 for
+        ``syn_ptr`` / ``off``), and any array of another dtype is refused with TypeError, never
+        reinterpreted; shape mismatches raise ValueError.
+        """
+        if not isinstance(x, np.ndarray) or x.ndim != 4:
+            raise ValueError(f"native conv expects x (C, H, W, N) as a NumPy array, got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        c, h, wd, n = x.shape
+        o = len(syn_ptr) - 1
+        oh, ow = out_hw
+        ph, pw = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
+                                                (ow - pool[0]) // pool[1] + 1)
+        n_end = n if n_end is None else n_end
+        if not 0 <= n_begin <= n_end <= n:
+            raise ValueError(f"batch range [{n_begin}, {n_end}) outside 0..{n}")
+        checks = [("x", x, np.float32, None), ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
+                  ("off", off, np.int32, (int(syn_ptr[-1]) if o >= 0 else 0,)),
+                  ("w", w, np.float32, off.shape), ("bias", bias, np.float32, (o,)),
+                  ("out", out, np.float32, (o if out_map is None else
+                                            getattr(out, "shape", (0,))[0], ph, pw, n))]
+        if out_map is not None:
+            checks.append(("out_map", out_map, np.int32, (o,)))
+        if bias_map is not None:
+            checks.append(("bias_map", bias_map, np.float32, (o, oh, ow)))
+        for name, arr, dtype, shape in checks:
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"native conv: {name} must be a NumPy array, got "
+                                f"{type(arr).__name__}")
+            if arr.dtype != dtype:
+                raise TypeError(f"native conv: {name} must be {np.dtype(dtype).name}, got "
+                                f"{arr.dtype}")
+            if name not in ("x", "out") and not arr.flags.c_contiguous:
+                raise ValueError(f"native conv: {name} must be C-contiguous")
+            if shape is not None and arr.shape != shape:
+                raise ValueError(f"native conv: {name} has shape {arr.shape}, expected {shape}")
+        xs = pixel_strides(x)
+        if xs is None:
+            x = np.ascontiguousarray(x)
+            xs = pixel_strides(x)
+        os_ = pixel_strides(out)
+        if os_ is None or not out.flags.writeable:
+            raise ValueError("native conv: out must be a writeable batch-last array (or a "
+                             "transposed batch-first one)")
+        if out_map is not None and out_map.size and (
+                out_map.min() < 0 or out_map.max() >= out.shape[0]
+                or len(np.unique(out_map)) != out_map.size):
+            raise ValueError(f"native conv: out_map must hold distinct maps of out (0.."
+                             f"{out.shape[0] - 1})")
+        if c * h * wd >= 2**31:
+            raise ValueError("native conv: more than 2**31 input values per image")
+        if off.size:  # every synapse's input pixel, at the last window, must lie inside x
+            ky, kx = np.divmod(off % (h * wd), wd)
+            if off.min() < 0 or off.max() >= c * h * wd or (
+                    ky.max() + (oh - 1) * stride >= h or kx.max() + (ow - 1) * stride >= wd):
+                raise ValueError("native conv: output size, stride or offsets reach outside x")
+        pk, ps = pool if pool is not None else (0, 0)
+        ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
+        rc = self._conv(ptr(x, _f32p), c, h, wd, n, *xs, o, ptr(syn_ptr, _i32p),
+                        ptr(off, _i32p), ptr(w, _f32p), oh, ow, stride, ptr(bias, _f32p),
+                        None if bias_map is None else ptr(bias_map, _f32p), pk, ps, int(relu),
+                        ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
+                        *os_, n_begin, n_end)
+        if rc != 0:
+            raise RuntimeError(f"native conv failed: {_ERRORS.get(rc, f'error {rc}')}")
+
+
+_lock = threading.Lock()
+_loaded: NativeKernel | NativeUnavailable | None = None  # the outcome of the first attempt
+
+
+def _load() -> NativeKernel:
+    cc = compiler()
+    if cc is None:
+        want = f"$CC={os.environ['CC']!r} was not found" if os.environ.get("CC") else (
+            "no C compiler (cc, gcc or clang) on PATH")
+        raise NativeUnavailable(f"{want}; install one (e.g. apt install gcc) for the fast "
+                                "compiled path")
+    errors = []
+    for flags in FLAG_SETS:
+        path = library_path(cc, flags)
+        try:
+            if not path.is_file():
+                _build(cc, flags, path)
+            return NativeKernel(path)
+        except (NativeUnavailable, OSError, subprocess.SubprocessError) as e:
+            errors.append(str(e))
+    raise NativeUnavailable("could not build the native kernel:\n" + "\n".join(errors))
+
+
+def load() -> NativeKernel:
+    """The compiled kernel (built and cached on first use); raises :class:`NativeUnavailable`
+    with the reason when it is switched off or cannot be built. A failure is remembered, so
+    the compiler is tried once per process (see :func:`reset`)."""
+    global _loaded
+    if not enabled():
+        raise NativeUnavailable("switched off by MINIEVO_NATIVE=0")
+    with _lock:
+        if _loaded is None:
+            try:
+                _loaded = _load()
+            except NativeUnavailable as e:
+                _loaded = e
+        if isinstance(_loaded, NativeUnavailable):
+            raise _loaded
+        return _loaded
+
+
+def available() -> bool:
+    """True when :func:`load` works."""
+    try:
+        load()
+    except NativeUnavailable:
+        return False
+    return True
+
+
+def status() -> str:
+    """One line for ``minievo doctor``: where the library is, or why there is none."""
+    try:
+        k = load()
+    except NativeUnavailable as e:
+        return f"unavailable ({e}); the compact layers use scipy.sparse instead"
+    return f"{k.path} (tile of {k.tile} images)"
+
+
+def reset() -> None:
+    """Forget the outcome of :func:`load` (tests use it after changing $CC or
+    $MINIEVO_NATIVE_CACHE)."""
+    global _loaded
+    with _lock:
+        _loaded = None
