@@ -229,6 +229,26 @@ def test_model_fuses_relu_after_linear_layers():
     np.testing.assert_allclose(cm(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_unread_input_maps_are_skipped_by_offsets(padding):
+    """The model's Gather of its input is folded into the kernel's offsets (no copy); with
+    padding the layer gathers first. Both equal the masked dense model."""
+    from minievo import layers as L
+
+    rng = np.random.default_rng(9)
+    net = set_random_masks(L.Sequential(L.Conv2d(4, 6, 3, padding=padding), L.ReLU(),
+                                        L.Flatten()), rng, 0.7)
+    m = net[0].mask.copy()
+    m[:, [0, 2]] = 0  # input maps 0 and 2 are never read
+    net[0].set_mask(m)
+    x = rng.standard_normal((67, 4, 7, 7)).astype(np.float32)
+    cm = sparse.compact(net, input_shape=(4, 7, 7), method="native")
+    assert type(cm.steps[0]).__name__ == "Gather"
+    with no_grad():
+        want = net(Tensor(x)).data
+    np.testing.assert_allclose(cm(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 # ----- finding, building and falling back ------------------------------------------------------
 
 

@@ -226,14 +226,20 @@ class ConvWeights:
         self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self._workspace = threading.local()  # per-thread buffers, reused between calls
 
-    def native_arrays(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(syn_ptr, off, w) for the native kernel on padded inputs of h x w pixels."""
-        if (h, w) not in self._offsets:
-            off = (self._c * h + self._ky) * w + self._kx
-            self._offsets[(h, w)] = off.astype(np.int32)
+    def native_arrays(self, h: int, w: int, in_index=None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(syn_ptr, off, w) for the native kernel on padded inputs of h x w pixels.
+
+        ``in_index``: the layer's input map c is map ``in_index[c]`` of the array it is given
+        (the model's input, whose unread maps are skipped by the offsets instead of a copy).
+        """
+        key = (h, w, None if in_index is None else np.asarray(in_index).tobytes())
+        if key not in self._offsets:
+            chan = self._c if in_index is None else np.asarray(in_index)[self._c]
+            self._offsets[key] = ((chan * h + self._ky) * w + self._kx).astype(np.int32)
         counts = np.bincount(self._rows, minlength=self.out_channels)
         syn_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        return syn_ptr, self._offsets[(h, w)], self._vals
+        return syn_ptr, self._offsets[key], self._vals
 
     def buffers(self, rsize: int, ysize: int, slack: int) -> tuple[np.ndarray, np.ndarray]:
         """Row and output buffers of at least these sizes, kept for the next call.
@@ -308,10 +314,10 @@ def _native_call(n: int, work: int, call) -> None:
 
 
 def _conv_native(x, weights: ConvWeights, bias, stride, oh, ow, bias_map, pool, relu, out,
-                 out_index):
+                 out_index, in_index):
     kernel = native.load()
     c, h, w, n = x.shape
-    syn_ptr, off, vals = weights.native_arrays(h, w)
+    syn_ptr, off, vals = weights.native_arrays(h, w, in_index)
     shape = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
                                            (ow - pool[0]) // pool[1] + 1)
     if out is None:
@@ -333,7 +339,7 @@ def _conv_native(x, weights: ConvWeights, bias, stride, oh, ow, bias_map, pool, 
 def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: int = 1,
                 padding: int = 0, bias_map: np.ndarray | None = None,
                 pool: tuple[int, int] | None = None, relu: bool = False,
-                out: np.ndarray | None = None, out_index=None) -> np.ndarray:
+                out: np.ndarray | None = None, out_index=None, in_index=None) -> np.ndarray:
     """Compact convolution on batch-last activations (C, H, W, N).
 
     Batch last, every spatial operation (copying rows, cropping, pooling, flattening) moves
@@ -368,11 +374,15 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
             array (which spares the model's last layer a transposing copy).
         out_index: with ``out``, the maps of ``out`` that receive the O output maps (the model's
             last layer, when some of the model's outputs are constant).
+        in_index: the maps of x the layer reads (its input map c is x[in_index[c]]): the
+            model's Gather of its input, which the native kernel does through its offsets.
 
     Returns:
         (O, OH, OW, N) float32, C-contiguous (pooled: (O, PH, PW, N)).
     """
-    c, h, w, n = x.shape
+    if in_index is not None and (weights.method != "native" or padding):
+        x, in_index = x[in_index], None
+    c, h, w, n = x.shape if in_index is None else (len(in_index), *x.shape[1:])
     if c != weights.in_channels:
         raise ValueError(f"compact conv expects {weights.in_channels} input maps, got {c}")
     kh, kw, o = weights.kh, weights.kw, weights.out_channels
@@ -381,7 +391,7 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
         raise ValueError(f"max pooling window {pool[0]} does not fit maps of {oh}x{ow}")
     if weights.method == "native":  # reads x in place unless it has to pad it
         return _conv_native(_pad_chwn(x, padding), weights, bias, stride, oh, ow, bias_map,
-                            pool, relu, out, out_index)
+                            pool, relu, out, out_index, in_index)
     x = np.ascontiguousarray(_pad_chwn(x, padding))
     sc, sh, sw, sn = x.strides
     # csr: the shifted-row scheme (kh times less copying; the products dominate anyway).
@@ -505,11 +515,14 @@ class LinearWeights:
         return self._blocks[parts]
 
     def forward_fm(self, x: np.ndarray, bias: np.ndarray, relu: bool = False,
-                   out: np.ndarray | None = None, out_index=None) -> np.ndarray:
+                   out: np.ndarray | None = None, out_index=None,
+                   in_index=None) -> np.ndarray:
         """x (F, N) feature-major -> (O, N) float32; ``relu`` applies max(., 0) last; ``out``
-        an optional (O, N) array for the result, ``out_index`` its rows that receive it (see
-        :func:`conv2d_chwn`)."""
-        if x.shape[0] != self.in_features:
+        an optional (O, N) array for the result, ``out_index`` its rows that receive it;
+        ``in_index`` the features of x the layer reads (see :func:`conv2d_chwn`)."""
+        if in_index is not None and self.method != "native":
+            x, in_index = x[in_index], None
+        if (x.shape[0] if in_index is None else len(in_index)) != self.in_features:
             raise ValueError(f"compact linear expects {self.in_features} input features, "
                              f"got {x.shape[0]}")
         n = x.shape[1]
@@ -521,6 +534,8 @@ class LinearWeights:
             out4 = out[:, None, None, :]
             bias = np.ascontiguousarray(bias, dtype=np.float32)
             indptr, indices, values = self._native
+            if in_index is not None:
+                indices = np.asarray(in_index)[indices].astype(np.int32)
 
             out_map = None if out_index is None else np.asarray(out_index, dtype=np.int32)
 

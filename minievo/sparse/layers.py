@@ -39,6 +39,14 @@ def _batch_first(h):
     return cpu.batch_first(h)
 
 
+def _gather_unless_native(x, in_index, layer):
+    """(x, in_index) for a layer's forward: the native CPU kernel reads x[in_index] through its
+    offsets; every other path gets the gathered copy."""
+    if in_index is None or (not is_cupy_array(x) and layer.method == "native"):
+        return x, in_index
+    return Gather(in_index).forward_bl(x), None
+
+
 def _copy_into(out, y, index=None):
     if index is None:
         out[...] = y
@@ -214,16 +222,18 @@ class CompactConv2d(_DeviceMixin):
 
     # ----- forward -----------------------------------------------------------------------------
     def forward_bl(self, x, pool: tuple[int, int] | None = None, relu: bool = False,
-                   out=None, out_index=None):
+                   out=None, out_index=None, in_index=None):
         """Batch-last forward: x (C, H, W, N) -> (O, OH, OW, N), either backend.
 
         ``pool`` = (kernel_size, stride) applies a max pooling too (fused on the CPU), and
         ``relu`` then a ReLU (fused into the native CPU kernel). ``out``: an optional array for
         the result, e.g. a transposed batch-first one, and ``out_index`` the maps of ``out``
-        that receive it (see :func:`cpu.conv2d_chwn`).
+        that receive it; ``in_index`` the maps of x the layer reads (see
+        :func:`cpu.conv2d_chwn`).
         """
         self._check_backend(x)
-        if x.ndim != 4 or x.shape[0] != self.in_channels:
+        x, in_index = _gather_unless_native(x, in_index, self)
+        if x.ndim != 4 or (x.shape[0] if in_index is None else len(in_index)) != self.in_channels:
             raise ValueError(f"CompactConv2d expects batch-last input ({self.in_channels}, "
                              f"H, W, N), got {tuple(x.shape)}")
         hw = tuple(x.shape[1:3])
@@ -242,7 +252,7 @@ class CompactConv2d(_DeviceMixin):
             y = ReLU().forward_bl(y, inplace=True) if relu else y
             return y if out is None else _copy_into(out, y, out_index)
         return cpu.conv2d_chwn(x, self.cpu_weights, self.bias, self.stride, self.padding,
-                               self.bias_map, pool, relu, out, out_index)
+                               self.bias_map, pool, relu, out, out_index, in_index)
 
     def host_arrays(self) -> dict:
         """The layer's arrays on the host, keyed like the device copies."""
@@ -360,12 +370,14 @@ class CompactLinear(_DeviceMixin):
         m[rows, self.indices] = 1
         return w, self.bias.copy(), m
 
-    def forward_bl(self, x, relu: bool = False, out=None, out_index=None):
+    def forward_bl(self, x, relu: bool = False, out=None, out_index=None, in_index=None):
         """Batch-last (feature-major) forward: x (F, N) -> (O, N), either backend; ``relu``
         applies a ReLU too (fused into the native CPU kernel); ``out``: an optional array for
-        the result, ``out_index`` its rows that receive it."""
+        the result, ``out_index`` its rows that receive it; ``in_index`` the features of x
+        the layer reads."""
         self._check_backend(x)
-        if x.ndim != 2 or x.shape[0] != self.in_features:
+        x, in_index = _gather_unless_native(x, in_index, self)
+        if x.ndim != 2 or (x.shape[0] if in_index is None else len(in_index)) != self.in_features:
             raise ValueError(f"CompactLinear expects feature-major input ({self.in_features}, "
                              f"N), got {tuple(x.shape)}")
         if x.dtype != np.float32:
@@ -378,7 +390,7 @@ class CompactLinear(_DeviceMixin):
                                     self._dev)
             y = ReLU().forward_bl(y, inplace=True) if relu else y
             return y if out is None else _copy_into(out, y, out_index)
-        return self.cpu_weights.forward_fm(x, self.bias, relu, out, out_index)
+        return self.cpu_weights.forward_fm(x, self.bias, relu, out, out_index, in_index)
 
     def host_arrays(self) -> dict:
         """The layer's arrays on the host, keyed like the device copies."""

@@ -319,9 +319,14 @@ class CompactModel:
             h = xp.ascontiguousarray(h)
         steps = self.steps
         i = 0
+        in_index = None
         while i < len(steps):
             step = steps[i]
             nxt = steps[i + 1] if i + 1 < len(steps) else None
+            if isinstance(step, Gather) and isinstance(nxt, (CompactConv2d, CompactLinear)):
+                in_index = step.index  # the layer reads its maps where they are (native CPU)
+                i += 1
+                continue
             # Fused on the CPU: conv + max-pool, and a ReLU right after either layer kind.
             pool = None
             if isinstance(step, CompactConv2d) and isinstance(nxt, MaxPool):
@@ -331,6 +336,8 @@ class CompactModel:
             if isinstance(step, (CompactConv2d, CompactLinear)):
                 relu = isinstance(nxt, ReLU)
                 kwargs = {"relu": relu} if pool is None else {"relu": relu, "pool": pool}
+                if in_index is not None:
+                    kwargs["in_index"], in_index = in_index, None
                 i += 2 if relu else 1
                 if i >= len(steps) and self.backend == "numpy":
                     # the last layer writes a batch-first result directly
