@@ -56,13 +56,16 @@ COPY_NS, BLAS_NS, CSR_NS = 1.0, 0.025, 0.14
 
 #: The native kernel in the same units: NATIVE_NS per live synapse, plus NATIVE_COPY_NS per
 #: input value packed (scaled to one output pixel) and per output written. Measured on LeNet-5
-#: conv2, one core, batch 1000 (benchmarks/sparse_forward.py --sweep --single-thread):
-#: about 14 GMAC/s at 10-50 % live kernels, against 22 GMAC/s for the dense BLAS path at 100 %.
+#: conv2, one core, batch 1000 (benchmarks/sparse_forward.py --sweep --single-thread): native
+#: 107 / 54 / 21 / 20 / 15 ms at 100 / 50 / 20 / 10 / 5 % live kernels, dense 82 ms at any
+#: density (about 13 GMAC/s against BLAS's 20 with its im2col copy).
 NATIVE_NS, NATIVE_COPY_NS = 0.075, 0.5
 
 #: Linear layers with the native kernel: dense BLAS when ``synapses * NATIVE_LINEAR_NS`` is
-#: more than ``O * F * BLAS_LINEAR_NS`` (per image).
-NATIVE_LINEAR_NS, BLAS_LINEAR_NS = 0.1, 0.025
+#: more than ``O * F * BLAS_LINEAR_NS`` (ns per image). Measured on LeNet-5 fc1 (800 -> 500,
+#: batch 1000, one core): native 1.7 / 2.9 / 6.1 / 9.1 / 14.4 ms at 5 / 10 / 20 / 30 / 50 %
+#: live synapses, dense 8.9 ms; the crossover is near 29 %.
+NATIVE_LINEAR_NS, BLAS_LINEAR_NS = 0.075, 0.022
 
 #: Dense (BLAS) path: floats of the patch matrix per chunk of the batch (64 MiB). Few, large
 #: GEMMs: on one core the chunk size hardly matters (LeNet-5 conv2, batch 1000: 78 ms with
