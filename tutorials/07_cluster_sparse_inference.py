@@ -145,13 +145,23 @@ print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked)
 # %% [markdown]
 # ## 4. The CPU path, measured
 #
-# On the CPU each compact layer multiplies with either a `scipy.sparse` CSR matrix (work
-# proportional to the live synapses, single-threaded per chunk) or the compacted weight as a
-# dense matrix (BLAS, multi-threaded): the library chooses by density, from measurements
-# (`minievo.sparse.cpu.CSR_MAX_DENSITY`). Below, the time per image of the masked dense model
-# against its compact form for every round of the lineage. The ideal speed-up is the ratio of
-# multiply-accumulates; the real one is smaller, because memory traffic and Python overhead
-# do not shrink with the synapses.
+# On the CPU each compact layer runs one of three ways, chosen per layer by small cost models
+# fitted to measurements (`minievo.sparse.cpu.choose_conv_method`):
+#
+# * `"native"`: a direct convolution over the live synapses only, written in C
+#   (`minievo/kernels/sparse_cpu.c`, 170 lines worth reading). minievo compiles it with
+#   your C compiler the first time it is needed and caches the library; for a tile of 64
+#   images it adds `w * x[shifted pixel]` for every live synapse into 64 running sums held in
+#   vector registers. `minievo doctor` says whether it is available.
+# * `"csr"`: a `scipy.sparse` CSR matrix of the live synapses (work proportional to them, but
+#   scipy's generic kernel is several times slower per multiply-add than BLAS).
+# * `"dense"`: the compacted weight as a dense matrix (BLAS): best when a layer is still dense.
+#
+# Without a C compiler (or with `MINIEVO_NATIVE=0`) the first is skipped. Below, the time per
+# image of the masked dense model against its compact form for every round of the lineage,
+# with the path each layer took. The ideal speed-up is the ratio of multiply-accumulates; the
+# real one is smaller, because memory traffic and call overhead do not shrink with the
+# synapses.
 
 # %%
 def best_time(fn, repeat):
@@ -175,9 +185,10 @@ for g, m in enumerate(lineage):
     t_compact = best_time(lambda c=c: c(xb), repeat)
     s = c.summary()
     rows.append((g, s.synaptic_efficiency, s.mac_ratio, t_dense, t_compact))
+    paths = ",".join(layer.method for layer in c.compact_layers) or "constant"
     print(f"round {g}: {s.synaptic_efficiency:6.1f}x fewer synapses, MACs {s.mac_ratio:6.1f}x "
           f"fewer; dense {1e6 * t_dense / batch:7.1f} us/image, compact "
-          f"{1e6 * t_compact / batch:7.1f} us/image ({t_dense / t_compact:5.1f}x)")
+          f"{1e6 * t_compact / batch:7.1f} us/image ({t_dense / t_compact:5.1f}x) [{paths}]")
 
 g_, eff, macr, td, tc = map(np.array, zip(*rows))
 fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -347,8 +358,10 @@ else:
 # 1. **Task 7.1** (`minievo/sparse/reference.py`, `kernel_csr`): build `indptr`, `indices`
 #    and `kernels` from a weight and its mask. Rows in output-map order, input maps increasing
 #    within a row, int32 indices, float32 kernels with the masked taps zeroed.
-# 2. In section 4, force `sparse.compact(m, method="csr")` and `method="dense"` and plot both:
-#    where do the curves cross? Compare with `CSR_MAX_DENSITY`.
+# 2. In section 4, force `sparse.compact(m, method=...)` to `"native"`, `"csr"` and `"dense"`
+#    in turn and plot the three curves: where do they cross? Compare with the cost models in
+#    `minievo/sparse/cpu.py`. Then change `MINIEVO_NB` in `sparse_cpu.c` (images per tile)
+#    to 16 and 32: why does the kernel get slower with fewer sums in flight?
 # 3. Edit a copy of `sparse_conv2d.cu`: delete the second `__syncthreads()` and run it in the
 #    emulator with `EmulatedModule(path, sanitize="thread")`. What does ThreadSanitizer
 #    report, and why is that barrier needed?

@@ -210,8 +210,11 @@ def _mask(layer) -> np.ndarray:
     return to_numpy(layer.mask) != 0
 
 
-def _conv_counts(mask: np.ndarray, positions: int) -> StructureCounts:
-    """Counts of a Conv2d mask (O, I, kh, kw) used at ``positions`` = out_h * out_w places."""
+def conv_counts(mask: np.ndarray, positions: int) -> StructureCounts:
+    """Counts of a Conv2d mask (O, I, kh, kw) used at ``positions`` = out_h * out_w places.
+
+    The one place synapses, kernels, filters and MACs are counted from a conv mask; the
+    compact model's summary (:mod:`minievo.sparse.summary`) counts with it too."""
     synapses = int(mask.sum())
     return StructureCounts(
         synapses=synapses,
@@ -221,8 +224,8 @@ def _conv_counts(mask: np.ndarray, positions: int) -> StructureCounts:
     )
 
 
-def _linear_counts(mask: np.ndarray) -> StructureCounts:
-    """Counts of a Linear mask (out, in)."""
+def linear_counts(mask: np.ndarray) -> StructureCounts:
+    """Counts of a Linear mask (out, in) (see :func:`conv_counts`)."""
     synapses = int(mask.sum())
     return StructureCounts(synapses=synapses, neurons=int(mask.any(axis=1).sum()), macs=synapses)
 
@@ -261,9 +264,9 @@ def model_metrics(model, input_shape: tuple[int, ...] = (1, 28, 28)) -> ModelMet
             # Synapses reading a dead input channel do nothing: drop them.
             effective_mask = mask & alive[None, :, None, None]
             counts = (
-                _conv_counts(np.ones_like(mask), out_h * out_w),
-                _conv_counts(mask, out_h * out_w),
-                _conv_counts(effective_mask, out_h * out_w),
+                conv_counts(np.ones_like(mask), out_h * out_w),
+                conv_counts(mask, out_h * out_w),
+                conv_counts(effective_mask, out_h * out_w),
             )
             out_shape = (o, out_h, out_w)
             # A filter with no effective incoming synapse outputs a constant map.
@@ -278,9 +281,9 @@ def model_metrics(model, input_shape: tuple[int, ...] = (1, 28, 28)) -> ModelMet
             mask = _mask(layer)
             effective_mask = mask & alive[None, :]
             counts = (
-                _linear_counts(np.ones_like(mask)),
-                _linear_counts(mask),
-                _linear_counts(effective_mask),
+                linear_counts(np.ones_like(mask)),
+                linear_counts(mask),
+                linear_counts(effective_mask),
             )
             out_shape = (n_out,)
             alive = effective_mask.any(axis=1)

@@ -12,11 +12,17 @@ Example::
     net2 = sparse.expand(cm)           # the masked dense model again, exactly
 
 Modules: :mod:`model` (compact / expand / CompactModel), :mod:`layers` (CompactConv2d,
-CompactLinear), :mod:`cpu` (NumPy/scipy forward), :mod:`gpu` (RawKernel launches),
+CompactLinear), :mod:`cpu` (the CPU forward: the compiled kernel of
+:mod:`minievo.kernels.native`, scipy.sparse or BLAS per layer), :mod:`gpu` (RawKernel launches),
 :mod:`reference` (plain NumPy definitions), :mod:`summary`, :mod:`storage`.
 """
 
-from minievo.sparse.cpu import CSR_MAX_DENSITY, get_num_threads, set_num_threads
+from minievo.sparse.cpu import (
+    CSR_MAX_DENSITY,
+    get_num_threads,
+    native_available,
+    set_num_threads,
+)
 from minievo.sparse.layers import CompactConv2d, CompactLinear
 from minievo.sparse.model import CompactModel, compact, expand
 from minievo.sparse.storage import load_compact as load
@@ -34,6 +40,7 @@ __all__ = [
     "expand",
     "get_num_threads",
     "load",
+    "native_available",
     "save",
     "set_num_threads",
 ]

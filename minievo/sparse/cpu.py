@@ -39,10 +39,10 @@ from minievo.sparse.reference import conv_output_hw
 
 METHODS = ("native", "csr", "dense")
 
-#: Linear layers: below this fraction of live synapses (of the compacted O x F weight) the csr
-#: product is used, above it dense BLAS. Measured on one core, LeNet-5 fc1 (800 -> 500, batch
-#: 1000): csr 3.5 / 6.4 / 9.4 / 11.8 / 17.5 ms at 5 / 10 / 15 / 20 / 30 % live, dense 9.1 ms
-#: (scipy's csr kernel runs ~7 GMAC/s, OpenBLAS ~45).
+#: Linear layers without the native kernel: below this fraction of live synapses (of the
+#: compacted O x F weight) the csr product is used, above it dense BLAS. Measured on one
+#: core, LeNet-5 fc1 (800 -> 500, batch 1000): csr 3.5 / 6.4 / 9.4 / 11.8 / 17.5 ms at
+#: 5 / 10 / 15 / 20 / 30 % live, dense 9.1 ms (scipy's csr kernel runs ~7 GMAC/s, OpenBLAS ~45).
 CSR_MAX_DENSITY = 0.15
 
 #: Convolutions choose with a cost model per output pixel (ns, one core, measured with

@@ -5,8 +5,8 @@ map, input map) pairs (``indptr``, ``indices``) with the kh*kw weights of each l
 (``kernels``) and which of its taps are synapses (``kernel_mask``). :class:`CompactLinear` keeps
 the live synapses in CSR over rows. Both run
 
-* on NumPy arrays through :mod:`minievo.sparse.cpu` (scipy.sparse or dense BLAS, chosen per
-  layer by density), and
+* on NumPy arrays through :mod:`minievo.sparse.cpu` (the compiled native kernel, scipy.sparse
+  or dense BLAS, chosen per layer by cost models), and
 * on CuPy arrays through the RawKernels of ``minievo/kernels`` (:mod:`minievo.sparse.gpu`).
 
 Host copies of the arrays are always kept (they are small); ``.to('cupy')`` adds device copies.

@@ -11,6 +11,13 @@ Two sets of counts, as METHOD.md section 5 asks:
 Clusters: Conv2d at kernel granularity (pair (o, i)) and filter granularity (output map o);
 Linear at neuron granularity (output neuron o). Multiply-accumulates per image: a conv synapse
 costs one MAC per output pixel, a linear synapse one MAC.
+
+The sampled counts are made by the same functions as the lineage's records
+(:func:`minievo.evolution.metrics.conv_counts`, :func:`~minievo.evolution.metrics.linear_counts`).
+The effective counts here are what the compact model *executes*: besides the synapses that read
+a constant (which :func:`~minievo.evolution.metrics.model_metrics` drops as well), the compact
+model also skips synapses whose output no later layer reads, so its effective counts can be
+lower than the lineage's, never higher.
 """
 
 from __future__ import annotations
@@ -111,6 +118,7 @@ class CompactSummary:
 
 def summarize(cm) -> CompactSummary:
     """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel`."""
+    from minievo.evolution.metrics import conv_counts, linear_counts  # noqa: PLC0415
     from minievo.sparse.model import _dense_weights  # noqa: PLC0415
 
     rows = []
@@ -119,9 +127,13 @@ def summarize(cm) -> CompactSummary:
     for j, src in enumerate(cm.sources):
         _, mask = _dense_weights(cm, j)
         live = mask != 0
-        o, i = src.shape[:2]
-        per_kernel = live.reshape(o, i, -1).any(2)
         positions = int(np.prod(src.out_hw))
+        if src.kind == "conv":
+            sampled = conv_counts(live, positions)
+            kernels, clusters = sampled.kernels, sampled.filters
+        else:
+            sampled = linear_counts(live)
+            kernels = clusters = sampled.neurons
         step = cm.steps[src.step] if src.step >= 0 else None
         eff_syn = step.synapses if step is not None else 0
         if step is None:
@@ -130,17 +142,15 @@ def summarize(cm) -> CompactSummary:
             eff_kernels = step.nnz if src.kind == "conv" else int(
                 np.count_nonzero(np.diff(step.indptr)))
             eff_clusters = int(np.count_nonzero(np.diff(step.indptr)))
-        synapses = int(live.sum())
         label = "Conv2d" if src.kind == "conv" else "Linear"
         shape_txt = "x".join(map(str, src.shape))
         rows.append(LayerSummary(
             name=f"{prunable_names[j]}: {label} {shape_txt}", kind=src.kind,
             shape=tuple(src.shape), method=step.method if step is not None else "-",
-            dense_synapses=int(live.size), synapses=synapses, effective_synapses=eff_syn,
-            kernels=int(per_kernel.sum()) if src.kind == "conv" else int(per_kernel.any(1).sum()),
-            effective_kernels=eff_kernels,
-            clusters=int(per_kernel.any(1).sum()), effective_clusters=eff_clusters,
-            macs_dense=int(live.size) * positions, macs=synapses * positions,
+            dense_synapses=int(live.size), synapses=sampled.synapses,
+            effective_synapses=eff_syn, kernels=kernels, effective_kernels=eff_kernels,
+            clusters=clusters, effective_clusters=eff_clusters,
+            macs_dense=int(live.size) * positions, macs=sampled.macs,
             macs_effective=eff_syn * positions,
         ))
     return CompactSummary(rows)
