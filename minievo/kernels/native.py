@@ -42,7 +42,7 @@ SOURCE = KERNEL_DIR / "sparse_cpu.c"
 
 #: The kernel's interface version (``minievo_sparse_cpu_version()``); a library reporting
 #: another one is rebuilt.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 #: Compiler flags, tried in order until one set works (-march=native is not known to every
 #: compiler; without it the library is portable and somewhat slower).
@@ -160,8 +160,51 @@ def pixel_strides(a: np.ndarray) -> tuple[int, int] | None:
     return sp, sn
 
 
+def _check(what: str, checks: list) -> None:
+    """Refuse arrays that are not NumPy, of another dtype, not C-contiguous (unless the name is
+    in the layout-checked set) or of another shape."""
+    for name, arr, dtype, shape in checks:
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{what}: {name} must be a NumPy array, got {type(arr).__name__}")
+        if arr.dtype != dtype:
+            raise TypeError(f"{what}: {name} must be {np.dtype(dtype).name}, got {arr.dtype}")
+        if name not in ("x", "out", "gy") and not arr.flags.c_contiguous:
+            raise ValueError(f"{what}: {name} must be C-contiguous")
+        if shape is not None and arr.shape != shape:
+            raise ValueError(f"{what}: {name} has shape {arr.shape}, expected {shape}")
+
+
+def _readable(what: str, name: str, a) -> tuple[np.ndarray, tuple[int, int]]:
+    """(a, its pixel strides), copying a when its pixels are not evenly spaced."""
+    if not isinstance(a, np.ndarray) or a.ndim != 4:
+        raise ValueError(f"{what} expects {name} (C, H, W, N) as a NumPy array, got "
+                         f"{getattr(a, 'shape', type(a).__name__)}")
+    strides = pixel_strides(a)
+    if strides is None:
+        a = np.ascontiguousarray(a)
+        strides = pixel_strides(a)
+    return a, strides
+
+
+def _check_window(what: str, off, c, h, w, oh, ow, stride) -> None:
+    if c * h * w >= 2**31:
+        raise ValueError(f"{what}: more than 2**31 input values per image")
+    if off.size:  # every synapse's input pixel, at the last window, must lie inside x
+        ky, kx = np.divmod(off % (h * w), w)
+        if off.min() < 0 or off.max() >= c * h * w or (
+                ky.max() + (oh - 1) * stride >= h or kx.max() + (ow - 1) * stride >= w):
+            raise ValueError(f"{what}: output size, stride or offsets reach outside x")
+
+
+def _batch_range(n_begin: int, n_end: int | None, n: int) -> int:
+    n_end = n if n_end is None else n_end
+    if not 0 <= n_begin <= n_end <= n:
+        raise ValueError(f"batch range [{n_begin}, {n_end}) outside 0..{n}")
+    return n_end
+
+
 class NativeKernel:
-    """The loaded library, with argument checks in front of its one entry point."""
+    """The loaded library, with argument checks in front of its entry points."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -171,9 +214,9 @@ class NativeKernel:
             raise NativeUnavailable(f"{path} has interface version {version}, this minievo "
                                     f"needs {ABI_VERSION}; delete it to rebuild")
         self.tile = int(lib.minievo_sparse_cpu_tile())
+        ll = ctypes.c_longlong
         fn = lib.minievo_sparse_conv
         fn.restype = _int
-        ll = ctypes.c_longlong
         fn.argtypes = [_f32p, _int, _int, _int, _int, ll, ll,  # x, C, H, W, N, xsp, xsn
                        _int, _i32p, _i32p, _f32p,              # O, syn_ptr, off, w
                        _int, _int, _int,                       # OH, OW, stride
@@ -182,6 +225,15 @@ class NativeKernel:
                        _f32p, _i32p, ll, ll,                   # out, out_map, osp, osn
                        _int, _int]                             # n_begin, n_end
         self._conv = fn
+        fn = lib.minievo_sparse_conv_wgrad
+        fn.restype = _int
+        fn.argtypes = [_f32p, _int, _int, _int, _int, ll, ll,  # x, C, H, W, N, xsp, xsn
+                       _int, _i32p, _i32p,                     # O, syn_ptr, off
+                       _int, _int, _int,                       # OH, OW, stride
+                       _f32p, ll, ll,                          # gy, gsp, gsn
+                       ctypes.POINTER(ctypes.c_double),        # gw
+                       _int, _int]                             # n_begin, n_end
+        self._wgrad = fn
         self._lib = lib
 
     def conv(self, x: np.ndarray, syn_ptr: np.ndarray, off: np.ndarray, w: np.ndarray,
@@ -206,17 +258,14 @@ class NativeKernel:
         ``syn_ptr`` / ``off``), and any array of another dtype is refused with TypeError, never
         reinterpreted; shape mismatches raise ValueError.
         """
-        if not isinstance(x, np.ndarray) or x.ndim != 4:
-            raise ValueError(f"native conv expects x (C, H, W, N) as a NumPy array, got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
+        what = "native conv"
+        x, xs = _readable(what, "x", x)
         c, h, wd, n = x.shape
         o = len(syn_ptr) - 1
         oh, ow = out_hw
         ph, pw = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
                                                 (ow - pool[0]) // pool[1] + 1)
-        n_end = n if n_end is None else n_end
-        if not 0 <= n_begin <= n_end <= n:
-            raise ValueError(f"batch range [{n_begin}, {n_end}) outside 0..{n}")
+        n_end = _batch_range(n_begin, n_end, n)
         checks = [("x", x, np.float32, None), ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
                   ("off", off, np.int32, (int(syn_ptr[-1]) if o >= 0 else 0,)),
                   ("w", w, np.float32, off.shape), ("bias", bias, np.float32, (o,)),
@@ -226,37 +275,17 @@ class NativeKernel:
             checks.append(("out_map", out_map, np.int32, (o,)))
         if bias_map is not None:
             checks.append(("bias_map", bias_map, np.float32, (o, oh, ow)))
-        for name, arr, dtype, shape in checks:
-            if not isinstance(arr, np.ndarray):
-                raise TypeError(f"native conv: {name} must be a NumPy array, got "
-                                f"{type(arr).__name__}")
-            if arr.dtype != dtype:
-                raise TypeError(f"native conv: {name} must be {np.dtype(dtype).name}, got "
-                                f"{arr.dtype}")
-            if name not in ("x", "out") and not arr.flags.c_contiguous:
-                raise ValueError(f"native conv: {name} must be C-contiguous")
-            if shape is not None and arr.shape != shape:
-                raise ValueError(f"native conv: {name} has shape {arr.shape}, expected {shape}")
-        xs = pixel_strides(x)
-        if xs is None:
-            x = np.ascontiguousarray(x)
-            xs = pixel_strides(x)
+        _check(what, checks)
         os_ = pixel_strides(out)
         if os_ is None or not out.flags.writeable:
-            raise ValueError("native conv: out must be a writeable batch-last array (or a "
+            raise ValueError(f"{what}: out must be a writeable batch-last array (or a "
                              "transposed batch-first one)")
         if out_map is not None and out_map.size and (
                 out_map.min() < 0 or out_map.max() >= out.shape[0]
                 or len(np.unique(out_map)) != out_map.size):
-            raise ValueError(f"native conv: out_map must hold distinct maps of out (0.."
+            raise ValueError(f"{what}: out_map must hold distinct maps of out (0.."
                              f"{out.shape[0] - 1})")
-        if c * h * wd >= 2**31:
-            raise ValueError("native conv: more than 2**31 input values per image")
-        if off.size:  # every synapse's input pixel, at the last window, must lie inside x
-            ky, kx = np.divmod(off % (h * wd), wd)
-            if off.min() < 0 or off.max() >= c * h * wd or (
-                    ky.max() + (oh - 1) * stride >= h or kx.max() + (ow - 1) * stride >= wd):
-                raise ValueError("native conv: output size, stride or offsets reach outside x")
+        _check_window(what, off, c, h, wd, oh, ow, stride)
         pk, ps = pool if pool is not None else (0, 0)
         ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
         rc = self._conv(ptr(x, _f32p), c, h, wd, n, *xs, o, ptr(syn_ptr, _i32p),
@@ -265,7 +294,39 @@ class NativeKernel:
                         ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
                         *os_, n_begin, n_end)
         if rc != 0:
-            raise RuntimeError(f"native conv failed: {_ERRORS.get(rc, f'error {rc}')}")
+            raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
+
+    def wgrad(self, x: np.ndarray, syn_ptr: np.ndarray, off: np.ndarray, stride: int,
+              gy: np.ndarray, gw: np.ndarray, n_begin: int = 0,
+              n_end: int | None = None) -> None:
+        """gw[s] += the weight gradient of live synapse s over images n_begin .. n_end - 1.
+
+        ``x`` (C, H, W, N) and the synapse lists are those of :meth:`conv`; ``gy`` (O, OH, OW,
+        N) is the gradient of the convolution's output (before any pooling), in either layout
+        :meth:`conv` reads; ``gw`` is float64 (nnz,) and is added to, not overwritten.
+        """
+        what = "native weight gradient"
+        x, xs = _readable(what, "x", x)
+        gy, gs = _readable(what, "gy", gy)
+        c, h, wd, n = x.shape
+        o = len(syn_ptr) - 1
+        if gy.shape[0] != o or gy.shape[3] != n:
+            raise ValueError(f"{what}: gy has shape {gy.shape}, expected ({o}, OH, OW, {n})")
+        oh, ow = gy.shape[1:3]
+        n_end = _batch_range(n_begin, n_end, n)
+        _check(what, [("x", x, np.float32, None), ("gy", gy, np.float32, None),
+                      ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
+                      ("off", off, np.int32, (int(syn_ptr[-1]) if o >= 0 else 0,)),
+                      ("gw", gw, np.float64, off.shape)])
+        if not gw.flags.writeable:
+            raise ValueError(f"{what}: gw must be writeable")
+        _check_window(what, off, c, h, wd, oh, ow, stride)
+        ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
+        rc = self._wgrad(ptr(x, _f32p), c, h, wd, n, *xs, o, ptr(syn_ptr, _i32p),
+                         ptr(off, _i32p), oh, ow, stride, ptr(gy, _f32p), *gs,
+                         gw.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), n_begin, n_end)
+        if rc != 0:
+            raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
 
 
 _lock = threading.Lock()

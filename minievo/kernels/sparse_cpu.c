@@ -1,8 +1,9 @@
 /* Cluster-sparse forward pass on the CPU: a direct convolution over the live synapses only.
  *
- * This is the CPU counterpart of sparse_conv2d.cu. It is plain C99, compiled on first use by
- * the system C compiler (see minievo/kernels/native.py) and called through ctypes, which lets
- * go of the GIL, so Python threads can run it on separate slices of the batch at once.
+ * This is the CPU counterpart of sparse_conv2d.cu. It is C11 with the vector extension GCC and
+ * Clang share, compiled on first use by the system C compiler (see minievo/kernels/native.py)
+ * and called through ctypes, which lets go of the GIL, so Python threads can run it on
+ * separate slices of the batch at once.
  *
  * Layout: the input is x[c][y][x] for every image n (C, H, W, already padded), the output
  * out[o][y][x]; pixel p of image n lives at x[p * xsp + n * xsn] (and out[p * osp + n * osn]).
@@ -28,6 +29,11 @@
  * then gets the per-pixel bias map, max pooling, the per-map bias and ReLU, in that order, and
  * is written out.
  *
+ * Training uses the same kernel twice more: the input gradient is this convolution of the
+ * zero-padded output gradient with the synapse lists regrouped by input map and the taps
+ * flipped (built in Python), and minievo_sparse_conv_wgrad below sums the weight gradient of
+ * the live synapses only.
+ *
  * Sizes are int (32-bit); the caller checks that every offset fits. Return value: 0 on
  * success, 1 when the workspace could not be allocated, 2 for inconsistent sizes.
  */
@@ -46,9 +52,25 @@
  * ones on CPUs without AVX. Tiles are 32-byte aligned, so vectors load directly. */
 typedef float vf8 __attribute__((vector_size(32)));
 
-int minievo_sparse_cpu_version(void) { return 3; }
+int minievo_sparse_cpu_version(void) { return 4; }
 
 int minievo_sparse_cpu_tile(void) { return NB; }
+
+/* Copy images n0 .. n0+nb-1 of `pixels` pixels into dst, batch-last (pixels, NB); lanes past nb
+ * get zeros. Reading the tile in place would touch a new page for every pixel (rows of N
+ * floats apart), which made the kernel 3x slower. */
+static void pack_tile(const float *restrict x, size_t pixels, long long xsp, long long xsn,
+                      int n0, int nb, float *restrict dst) {
+    for (size_t p = 0; p < pixels; ++p) {
+        const float *src = x + (ptrdiff_t)p * xsp + (ptrdiff_t)n0 * xsn;
+        float *d = dst + p * NB;
+        if (xsn == 1)  /* batch last: a contiguous run */
+            for (int k = 0; k < nb; ++k) d[k] = src[k];
+        else  /* batch first: NB rows, each read in order as p advances */
+            for (int k = 0; k < nb; ++k) d[k] = src[(ptrdiff_t)k * xsn];
+        for (int k = nb; k < NB; ++k) d[k] = 0.0f;
+    }
+}
 
 /* The (OH, OW, NB) tile of one output map, from the packed input tile xt (C*H*W pixels of
  * NB images each); synapses s0 .. s1-1. The NV accumulators are independent chains of
@@ -105,19 +127,9 @@ int minievo_sparse_conv(
     float *xt = res + (size_t)PH * PW * NB;
     for (int n0 = n_begin; n0 < n_end; n0 += NB) {
         const int nb = n_end - n0 < NB ? n_end - n0 : NB;
-        /* Pack this tile's images contiguously, (C*H*W, NB). Reading them in place would
-         * touch a new page for every pixel (rows of N floats apart), which made the kernel 3x
-         * slower. Packing the whole batch up front instead was not faster. A short last tile
-         * is padded with zeros; its extra lanes are never written out. */
-        for (size_t p = 0; p < pixels; ++p) {
-            const float *src = x + (ptrdiff_t)p * xsp + (ptrdiff_t)n0 * xsn;
-            float *dst = xt + p * NB;
-            if (xsn == 1)  /* batch last: a contiguous run */
-                for (int k = 0; k < nb; ++k) dst[k] = src[k];
-            else  /* batch first: NB rows, each read in order as p advances */
-                for (int k = 0; k < nb; ++k) dst[k] = src[(ptrdiff_t)k * xsn];
-            for (int k = nb; k < NB; ++k) dst[k] = 0.0f;
-        }
+        /* Packing the whole batch up front instead of tile by tile was not faster. The extra
+         * lanes of a short last tile are never written out. */
+        pack_tile(x, pixels, xsp, xsn, n0, nb, xt);
         for (int o = 0; o < O; ++o) {
             conv_tile(xt, W, OH, OW, stride, off, w, syn_ptr[o], syn_ptr[o + 1], tile);
             if (bias_map != NULL) {
@@ -166,5 +178,54 @@ int minievo_sparse_conv(
         }
     }
     free(tile);
+    return 0;
+}
+
+/* Weight gradient of the convolution above, for the live synapses only:
+ *
+ *     gw[s] += sum over images n in [n_begin, n_end) and output pixels (oy, ox) of
+ *              gy[o_s, oy, ox, n] * x[c_s, oy*stride + ky_s, ox*stride + kx_s, n]
+ *
+ * gy (O, OH, OW per image) is laid out like x: pixel p of image n at gy[p * gsp + n * gsn].
+ * Per tile of NB images the sum runs in NB float lanes; each tile's total is added to gw in
+ * double, so long batches do not lose the small terms. */
+int minievo_sparse_conv_wgrad(
+    const float *restrict x, int C, int H, int W, int N, long long xsp, long long xsn,
+    int O, const int32_t *restrict syn_ptr, const int32_t *restrict off,
+    int OH, int OW, int stride,
+    const float *restrict gy, long long gsp, long long gsn,
+    double *restrict gw, int n_begin, int n_end) {
+    if (C < 1 || H < 1 || W < 1 || N < 1 || O < 0 || OH < 1 || OW < 1 || stride < 1 ||
+        n_begin < 0 || n_end > N || n_begin > n_end)
+        return 2;
+    const size_t pixels = (size_t)C * H * W, gpixels = (size_t)O * OH * OW;
+    float *xt = (float *)aligned_alloc(64, sizeof(float) * (pixels + gpixels) * NB);
+    if (xt == NULL) return 1;
+    float *gt = xt + pixels * NB;
+    for (int n0 = n_begin; n0 < n_end; n0 += NB) {
+        const int nb = n_end - n0 < NB ? n_end - n0 : NB;
+        pack_tile(x, pixels, xsp, xsn, n0, nb, xt);
+        pack_tile(gy, gpixels, gsp, gsn, n0, nb, gt);  /* zero lanes: they add nothing */
+        for (int o = 0; o < O; ++o) {
+            const float *g0 = gt + (size_t)o * OH * OW * NB;
+            for (int s = syn_ptr[o]; s < syn_ptr[o + 1]; ++s) {
+                vf8 acc[NV];
+                for (int i = 0; i < NV; ++i) acc[i] = (vf8){0};
+                for (int oy = 0; oy < OH; ++oy) {
+                    for (int ox = 0; ox < OW; ++ox) {
+                        const vf8 *g = (const vf8 *)(g0 + ((size_t)oy * OW + ox) * NB);
+                        const vf8 *p = (const vf8 *)(
+                            xt + ((size_t)(oy * stride) * W + (size_t)ox * stride + off[s]) * NB);
+                        for (int i = 0; i < NV; ++i) acc[i] += g[i] * p[i];
+                    }
+                }
+                double total = 0.0;
+                for (int i = 0; i < NV; ++i)
+                    for (int k = 0; k < 8; ++k) total += acc[i][k];
+                gw[s] += total;
+            }
+        }
+    }
+    free(xt);
     return 0;
 }
