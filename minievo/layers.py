@@ -188,6 +188,9 @@ class Linear(_Prunable):
                 f"Linear({self.in_features}, {self.out_features}) expects input of shape "
                 f"(N, {self.in_features}), got {x.shape}"
             )
+        plan = _sparse_plan(self, x)
+        if plan is not None:  # a sparse mask: forward and backward over the live synapses
+            return _sparse_train().linear(self, x, plan)
         return F.linear(x, self.masked_weight(), self.bias)
 
     def __repr__(self):
@@ -215,11 +218,27 @@ class Conv2d(_Prunable):
                 f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}) expects "
                 f"input of shape (N, {self.in_channels}, H, W), got {x.shape}"
             )
+        plan = _sparse_plan(self, x)
+        if plan is not None:  # a sparse mask: forward and backward over the live synapses
+            return _sparse_train().conv2d(self, x, plan)
         return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding})")
+
+
+def _sparse_train():
+    from minievo.sparse import train  # noqa: PLC0415  (minievo.sparse builds on this module)
+
+    return train
+
+
+def _sparse_plan(layer, x):
+    """The layer's sparse-training plan when it applies (see :mod:`minievo.sparse.train`)."""
+    if getattr(layer, "mask", None) is None:
+        return None
+    return _sparse_train().plan_for(layer, x)
 
 
 class MaxPool2d(Module):

@@ -100,10 +100,10 @@ def test_batch_slices_write_only_their_images(kernel):
     assert np.all(untouched[..., :10] == -7.0) and np.all(untouched[..., 20:] == -7.0)
 
 
-@pytest.mark.parametrize("layout", ["batch-last", "batch-first", "strided"])
-def test_any_input_layout_and_batch_first_output(kernel, layout):
-    """Batch-last and transposed batch-first inputs are read in place, others are copied; the
-    output may be a transposed batch-first array."""
+@pytest.mark.parametrize("layout", ["batch-last", "batch-first", "channels-last", "strided"])
+def test_any_input_and_output_layout(kernel, layout):
+    """Inputs of any strides are read in place; outputs may be batch-first or channels-last
+    views as well as batch-last arrays."""
     rng = np.random.default_rng(6)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     mask = random_mask(rng, weight.shape, 0.5, kernel_level=False)
@@ -111,13 +111,16 @@ def test_any_input_layout_and_batch_first_output(kernel, layout):
     nchw = rng.standard_normal((70, 3, 8, 8)).astype(np.float32)
     x = {"batch-last": np.ascontiguousarray(nchw.transpose(1, 2, 3, 0)),
          "batch-first": nchw.transpose(1, 2, 3, 0),
+         "channels-last": np.ascontiguousarray(nchw.transpose(0, 2, 3, 1)).transpose(3, 1, 2,
+                                                                                     0),
          "strided": np.pad(nchw, ((0, 0), (0, 0), (0, 1), (0, 0)))[:, :, :8].transpose(
              1, 2, 3, 0)}[layout]
-    assert (native.pixel_strides(x) is None) == (layout == "strided")
     want = reference(x, weight, mask, bias, 1, None, (2, 2), True)
     lists = synapse_lists(weight, mask, 8, 8)
     out_first = np.empty((70, 4, 3, 3), np.float32)
-    for out in (np.empty(want.shape, np.float32), out_first.transpose(1, 2, 3, 0)):
+    out_nhwc = np.empty((70, 3, 3, 4), np.float32)
+    for out in (np.empty(want.shape, np.float32), out_first.transpose(1, 2, 3, 0),
+                out_nhwc.transpose(3, 1, 2, 0)):
         kernel.conv(x, *lists, (6, 6), 1, bias, None, (2, 2), True, out)
         np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
@@ -170,8 +173,10 @@ def test_bad_arguments_are_refused(kernel):
         call(x=x.astype(np.float64))
     with pytest.raises(TypeError, match="off must be int32"):
         call(off=off.astype(np.int64))
-    with pytest.raises(ValueError, match="out must be a writeable batch-last"):
-        call(out=np.empty((3, 6, 3, 4), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match="out must be a writeable array"):
+        call(out=np.broadcast_to(out[:1], out.shape))
+    with pytest.raises(ValueError, match="pad must be >= 0"):
+        call(pad=-1)
     with pytest.raises(ValueError, match="w must be C-contiguous"):
         call(w=np.repeat(w, 2)[::2])
     with pytest.raises(ValueError, match="out has shape"):

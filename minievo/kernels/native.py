@@ -42,7 +42,7 @@ SOURCE = KERNEL_DIR / "sparse_cpu.c"
 
 #: The kernel's interface version (``minievo_sparse_cpu_version()``); a library reporting
 #: another one is rebuilt.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 #: Compiler flags, tried in order until one set works (-march=native is not known to every
 #: compiler; without it the library is portable and somewhat slower).
@@ -141,23 +141,14 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
             os.unlink(tmp)
 
 
-def pixel_strides(a: np.ndarray) -> tuple[int, int] | None:
-    """(pixel, image) strides in elements of a (C, H, W, N) float32 array whose C*H*W pixels
-    are evenly spaced (batch-last, or batch-first seen through a transpose); else None."""
-    item = a.itemsize
-    c, h, w, n = a.shape
-    if any(s % item for s in a.strides):
+_Strides = ctypes.c_longlong * 4
+
+
+def element_strides(a: np.ndarray) -> tuple[int, ...] | None:
+    """The strides of ``a`` in elements, or None when one is not a whole number of them."""
+    if any(st % a.itemsize for st in a.strides):
         return None
-    sc, sh, sw, sn = (s // item for s in a.strides)
-    # axes of length 1 may carry any stride: only the others must line up
-    sp = sw if w > 1 else (sh // w if h > 1 else (sc // (h * w) if c > 1 else 1))
-    if (h > 1 and sh != w * sp) or (c > 1 and sc != h * w * sp) or (w > 1 and sw != sp):
-        return None
-    sn = sn if n > 1 else 1
-    # positive, and no two (pixel, image) pairs at the same place
-    if sp <= 0 or sn <= 0 or not (sp >= n * sn or sn >= c * h * w * sp):
-        return None
-    return sp, sn
+    return tuple(st // a.itemsize for st in a.strides)
 
 
 def _check(what: str, checks: list) -> None:
@@ -174,15 +165,16 @@ def _check(what: str, checks: list) -> None:
             raise ValueError(f"{what}: {name} has shape {arr.shape}, expected {shape}")
 
 
-def _readable(what: str, name: str, a) -> tuple[np.ndarray, tuple[int, int]]:
-    """(a, its pixel strides), copying a when its pixels are not evenly spaced."""
+def _readable(what: str, name: str, a) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(a, its element strides); a is copied only in the rare case that its strides are not
+    whole elements."""
     if not isinstance(a, np.ndarray) or a.ndim != 4:
         raise ValueError(f"{what} expects {name} (C, H, W, N) as a NumPy array, got "
                          f"{getattr(a, 'shape', type(a).__name__)}")
-    strides = pixel_strides(a)
+    strides = element_strides(a)
     if strides is None:
         a = np.ascontiguousarray(a)
-        strides = pixel_strides(a)
+        strides = element_strides(a)
     return a, strides
 
 
@@ -214,23 +206,24 @@ class NativeKernel:
             raise NativeUnavailable(f"{path} has interface version {version}, this minievo "
                                     f"needs {ABI_VERSION}; delete it to rebuild")
         self.tile = int(lib.minievo_sparse_cpu_tile())
-        ll = ctypes.c_longlong
         fn = lib.minievo_sparse_conv
         fn.restype = _int
-        fn.argtypes = [_f32p, _int, _int, _int, _int, ll, ll,  # x, C, H, W, N, xsp, xsn
+        fn.argtypes = [_f32p, _int, _int, _int, _int,          # x, C, H, W, N
+                       _Strides, _int,                         # x strides, pad
                        _int, _i32p, _i32p, _f32p,              # O, syn_ptr, off, w
                        _int, _int, _int,                       # OH, OW, stride
                        _f32p, _f32p,                           # bias, bias_map
                        _int, _int, _int,                       # pool_k, pool_s, relu
-                       _f32p, _i32p, ll, ll,                   # out, out_map, osp, osn
+                       _f32p, _i32p, _Strides,                 # out, out_map, out strides
                        _int, _int]                             # n_begin, n_end
         self._conv = fn
         fn = lib.minievo_sparse_conv_wgrad
         fn.restype = _int
-        fn.argtypes = [_f32p, _int, _int, _int, _int, ll, ll,  # x, C, H, W, N, xsp, xsn
+        fn.argtypes = [_f32p, _int, _int, _int, _int,          # x, C, H, W, N
+                       _Strides, _int,                         # x strides, pad
                        _int, _i32p, _i32p,                     # O, syn_ptr, off
                        _int, _int, _int,                       # OH, OW, stride
-                       _f32p, ll, ll,                          # gy, gsp, gsn
+                       _f32p, _Strides,                        # gy, gy strides
                        ctypes.POINTER(ctypes.c_double),        # gw
                        _int, _int]                             # n_begin, n_end
         self._wgrad = fn
@@ -240,19 +233,19 @@ class NativeKernel:
              out_hw: tuple[int, int], stride: int, bias: np.ndarray,
              bias_map: np.ndarray | None, pool: tuple[int, int] | None, relu: bool,
              out: np.ndarray, n_begin: int = 0, n_end: int | None = None,
-             out_map: np.ndarray | None = None) -> None:
+             out_map: np.ndarray | None = None, pad: int = 0) -> None:
         """out[..., n_begin:n_end] = the sparse convolution of x (C, H, W, N).
 
         Synapses of output map o: ``syn_ptr[o] .. syn_ptr[o+1]-1`` with weight ``w[s]`` and
-        input offset ``off[s] = (c*H + ky)*W + kx``. ``x`` is already padded. A linear layer
-        is x (F, 1, 1, N) with off = the input feature. ``out`` is (O, PH, PW, N), where PH, PW
-        are the pooled (or, without ``pool``, the convolution's) output size; with ``out_map``
-        (int32, (O,), distinct) map o goes to map ``out_map[o]`` of a larger ``out`` instead.
+        input offset ``off[s] = (c*Hp + ky)*Wp + kx`` in x padded by ``pad`` zeros on every
+        side (Hp = H + 2*pad). A linear layer is x (F, 1, 1, N) with off = the input feature.
+        ``out`` is (O, PH, PW, N), where PH, PW are the pooled (or, without ``pool``, the
+        convolution's) output size; with ``out_map`` (int32, (O,), distinct) map o goes to map
+        ``out_map[o]`` of a larger ``out`` instead.
 
-        ``x`` and ``out`` are read and written in place when their pixels are evenly spaced:
-        batch-last arrays, and batch-first ones seen through a transpose (``x_nchw.transpose(1,
-        2, 3, 0)``), which spares the model a transposing copy of its input. Any other ``x`` is
-        copied first; any other ``out`` is refused.
+        ``x`` and ``out`` may have any strides: the views ``x_nchw.transpose(1, 2, 3, 0)`` of a
+        batch-first array, or of minievo's channels-last activations, are read and written in
+        place, without a transposing copy.
 
         Every other array must be C-contiguous with the exact dtype (float32, or int32 for
         ``syn_ptr`` / ``off``), and any array of another dtype is refused with TypeError, never
@@ -276,34 +269,37 @@ class NativeKernel:
         if bias_map is not None:
             checks.append(("bias_map", bias_map, np.float32, (o, oh, ow)))
         _check(what, checks)
-        os_ = pixel_strides(out)
-        if os_ is None or not out.flags.writeable:
-            raise ValueError(f"{what}: out must be a writeable batch-last array (or a "
-                             "transposed batch-first one)")
+        os_ = element_strides(out)
+        if os_ is None or not out.flags.writeable or any(
+                st == 0 and size > 1 for st, size in zip(os_, out.shape)):
+            raise ValueError(f"{what}: out must be a writeable array with no repeated "
+                             "elements")
         if out_map is not None and out_map.size and (
                 out_map.min() < 0 or out_map.max() >= out.shape[0]
                 or len(np.unique(out_map)) != out_map.size):
             raise ValueError(f"{what}: out_map must hold distinct maps of out (0.."
                              f"{out.shape[0] - 1})")
-        _check_window(what, off, c, h, wd, oh, ow, stride)
+        if pad < 0:
+            raise ValueError(f"{what}: pad must be >= 0, got {pad}")
+        _check_window(what, off, c, h + 2 * pad, wd + 2 * pad, oh, ow, stride)
         pk, ps = pool if pool is not None else (0, 0)
         ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
-        rc = self._conv(ptr(x, _f32p), c, h, wd, n, *xs, o, ptr(syn_ptr, _i32p),
+        rc = self._conv(ptr(x, _f32p), c, h, wd, n, _Strides(*xs), pad, o, ptr(syn_ptr, _i32p),
                         ptr(off, _i32p), ptr(w, _f32p), oh, ow, stride, ptr(bias, _f32p),
                         None if bias_map is None else ptr(bias_map, _f32p), pk, ps, int(relu),
                         ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
-                        *os_, n_begin, n_end)
+                        _Strides(*os_), n_begin, n_end)
         if rc != 0:
             raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
 
     def wgrad(self, x: np.ndarray, syn_ptr: np.ndarray, off: np.ndarray, stride: int,
               gy: np.ndarray, gw: np.ndarray, n_begin: int = 0,
-              n_end: int | None = None) -> None:
+              n_end: int | None = None, pad: int = 0) -> None:
         """gw[s] += the weight gradient of live synapse s over images n_begin .. n_end - 1.
 
-        ``x`` (C, H, W, N) and the synapse lists are those of :meth:`conv`; ``gy`` (O, OH, OW,
-        N) is the gradient of the convolution's output (before any pooling), in either layout
-        :meth:`conv` reads; ``gw`` is float64 (nnz,) and is added to, not overwritten.
+        ``x`` (C, H, W, N), ``pad`` and the synapse lists are those of :meth:`conv`; ``gy``
+        (O, OH, OW, N) is the gradient of the convolution's output (before any pooling), with
+        any strides; ``gw`` is float64 (nnz,) and is added to, not overwritten.
         """
         what = "native weight gradient"
         x, xs = _readable(what, "x", x)
@@ -320,11 +316,14 @@ class NativeKernel:
                       ("gw", gw, np.float64, off.shape)])
         if not gw.flags.writeable:
             raise ValueError(f"{what}: gw must be writeable")
-        _check_window(what, off, c, h, wd, oh, ow, stride)
+        if pad < 0:
+            raise ValueError(f"{what}: pad must be >= 0, got {pad}")
+        _check_window(what, off, c, h + 2 * pad, wd + 2 * pad, oh, ow, stride)
         ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
-        rc = self._wgrad(ptr(x, _f32p), c, h, wd, n, *xs, o, ptr(syn_ptr, _i32p),
-                         ptr(off, _i32p), oh, ow, stride, ptr(gy, _f32p), *gs,
-                         gw.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), n_begin, n_end)
+        rc = self._wgrad(ptr(x, _f32p), c, h, wd, n, _Strides(*xs), pad, o,
+                         ptr(syn_ptr, _i32p), ptr(off, _i32p), oh, ow, stride, ptr(gy, _f32p),
+                         _Strides(*gs), gw.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+                         n_begin, n_end)
         if rc != 0:
             raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
 

@@ -316,11 +316,11 @@ def _native_call(n: int, work: int, call) -> None:
     _run_parallel(lambda part: call(*part), _batch_slices(n, tile, threads))
 
 
-def _conv_native(x, weights: ConvWeights, bias, stride, oh, ow, bias_map, pool, relu, out,
-                 out_index, in_index):
+def _conv_native(x, weights: ConvWeights, bias, stride, padding, oh, ow, bias_map, pool, relu,
+                 out, out_index, in_index):
     kernel = native.load()
     c, h, w, n = x.shape
-    syn_ptr, off, vals = weights.native_arrays(h, w, in_index)
+    syn_ptr, off, vals = weights.native_arrays(h + 2 * padding, w + 2 * padding, in_index)
     shape = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
                                            (ow - pool[0]) // pool[1] + 1)
     if out is None:
@@ -333,7 +333,7 @@ def _conv_native(x, weights: ConvWeights, bias, stride, oh, ow, bias_map, pool, 
 
     def call(n0, n1):
         kernel.conv(x, syn_ptr, off, vals, (oh, ow), stride, bias, bias_map, pool, relu, out,
-                    n0, n1, out_map)
+                    n0, n1, out_map, pad=padding)
 
     _native_call(n, weights.synapses * oh * ow * n, call)
     return out
@@ -383,7 +383,7 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
     Returns:
         (O, OH, OW, N) float32, C-contiguous (pooled: (O, PH, PW, N)).
     """
-    if in_index is not None and (weights.method != "native" or padding):
+    if in_index is not None and weights.method != "native":
         x, in_index = x[in_index], None
     c, h, w, n = x.shape if in_index is None else (len(in_index), *x.shape[1:])
     if c != weights.in_channels:
@@ -392,9 +392,9 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
     if pool is not None and min(oh, ow) < pool[0]:
         raise ValueError(f"max pooling window {pool[0]} does not fit maps of {oh}x{ow}")
-    if weights.method == "native":  # reads x in place unless it has to pad it
-        return _conv_native(_pad_chwn(x, padding), weights, bias, stride, oh, ow, bias_map,
-                            pool, relu, out, out_index, in_index)
+    if weights.method == "native":  # reads x in place, padding it on the fly
+        return _conv_native(x, weights, bias, stride, padding, oh, ow, bias_map, pool, relu,
+                            out, out_index, in_index)
     x = np.ascontiguousarray(_pad_chwn(x, padding))
     sc, sh, sw, sn = x.strides
     # csr: the shifted-row scheme (kh times less copying; the products dominate anyway).

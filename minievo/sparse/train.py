@@ -1,0 +1,260 @@
+"""Training sparse layers through the native kernel: forward and backward over live synapses.
+
+Late generations of a lineage keep a few percent of their synapses, yet the masked dense layers
+still multiply every zero. When a masked :class:`~minievo.layers.Conv2d` or
+:class:`~minievo.layers.Linear` is sparse enough, its forward and backward run through the
+compiled kernel of :mod:`minievo.kernels.native` instead, visiting only the live synapses:
+
+* forward: the sparse convolution (a linear layer is the 1x1 case);
+* input gradient: the same kernel on the output gradient, zero-padded by ``k - 1 - padding``
+  (on the fly, while packing), with the synapse lists regrouped by input map and the taps
+  flipped (``w[o, c, ky, kx]``
+  becomes a tap at ``(kh-1-ky, kw-1-kx)`` reading map o):
+
+      gx[c, a, b] = sum over live (o, ky, kx) of w[o, c, ky, kx] * gy[o, a + p - ky, b + p - kx]
+
+* weight gradient: ``minievo_sparse_conv_wgrad``, a dot product per live synapse; the masked
+  entries of the gradient are exactly 0, as the dense path's ``weight * mask`` makes them;
+* bias gradient: a NumPy sum.
+
+The model, the optimiser, checkpoints and the training loop do not change: a layer decides at
+each forward (:func:`plan_for`) whether the sparse path applies. It does when all of these hold:
+the mode is not ``"off"`` (:func:`set_mode`, ``$MINIEVO_SPARSE_TRAINING``), the arrays are
+float32 NumPy, the kernel is available, the layer has a mask, stride is 1 and padding at most
+k - 1 (convolutions), and, in mode ``"auto"``, the cost models of :mod:`minievo.sparse.cpu` say
+the sparse path is the cheaper (mode ``"on"`` skips only this last test). float64 inputs, as in
+the gradient checks, always take the dense path.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from minievo.autograd import Function, Tensor
+from minievo.kernels import native
+from minievo.sparse import cpu
+
+MODES = ("auto", "on", "off")
+_mode: str | None = None
+
+
+def get_mode() -> str:
+    """'auto' (default, or $MINIEVO_SPARSE_TRAINING), 'on' or 'off'."""
+    global _mode
+    if _mode is None:
+        env = os.environ.get("MINIEVO_SPARSE_TRAINING", "auto").strip().lower()
+        if env not in MODES:
+            raise ValueError(f"MINIEVO_SPARSE_TRAINING must be one of {', '.join(MODES)}, "
+                             f"got {env!r}")
+        _mode = env
+    return _mode
+
+
+def set_mode(mode: str) -> None:
+    """Choose when masked layers train through the native kernel (see the module docstring)."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"sparse training mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _mode = mode
+
+
+class _Plan:
+    """The live synapses of one mask, in the orders the three kernels want.
+
+    Built from the mask alone (the weights change every step and are gathered at each forward);
+    a layer keeps its plan until :meth:`~minievo.layers.Conv2d.set_mask` installs a new mask.
+    """
+
+    def __init__(self, mask: np.ndarray):
+        live = np.asarray(mask) != 0
+        self.shape = live.shape
+        idx = np.nonzero(live)  # sorted by output map / neuron first
+        self.index = idx
+        self.synapses = len(idx[0])
+        self.syn_ptr = _pointers(idx[0], self.shape[0])
+        # the same synapses grouped by input map / feature, for the input gradient
+        self.perm = np.argsort(idx[1], kind="stable")
+        self.syn_ptr_t = _pointers(idx[1][self.perm], self.shape[1])
+        self._off: dict = {}
+
+    def offsets(self, key, build):
+        if key not in self._off:
+            self._off[key] = build().astype(np.int32)
+        return self._off[key]
+
+
+def _pointers(rows: np.ndarray, count: int) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
+
+
+def _run(n: int, work: int, call) -> None:
+    """call(n0, n1) over the batch, on the sparse thread pool when the work is large."""
+    tile = native.load().tile
+    threads = cpu.get_num_threads() if work > 4_000_000 else 1
+    cpu._run_parallel(lambda part: call(*part), cpu._batch_slices(n, tile, threads))
+
+
+def _wgrad(kernel, x4, plan: _Plan, off, gy4, n: int, work: int, pad: int = 0) -> np.ndarray:
+    """Weight gradient of the live synapses (float64), summed over thread slices."""
+    threads = cpu.get_num_threads() if work > 4_000_000 else 1
+    parts = cpu._batch_slices(n, kernel.tile, threads)
+    partial = [np.zeros(plan.synapses, np.float64) for _ in parts]
+    cpu._run_parallel(lambda job: kernel.wgrad(x4, plan.syn_ptr, off, 1, gy4, job[1], *job[0],
+                                               pad=pad), list(zip(parts, partial)))
+    return np.sum(partial, axis=0) if len(partial) > 1 else partial[0]
+
+
+def _dense_grad(plan: _Plan, values: np.ndarray, dtype) -> np.ndarray:
+    g = np.zeros(plan.shape, dtype=dtype)
+    g[plan.index] = values
+    return g
+
+
+def _channels_last(n: int, c: int, h: int, w: int) -> np.ndarray:
+    """An (N, C, H, W) float32 view of channels-last memory, the layout minievo's dense conv
+    and pooling layers work in (minievo.functions.conv)."""
+    return np.empty((n, h, w, c), np.float32).transpose(0, 3, 1, 2)
+
+
+def _bl(a: np.ndarray) -> np.ndarray:
+    """The (C, H, W, N) view the kernel takes of an (N, C, H, W) array (no copy)."""
+    return a.transpose(1, 2, 3, 0)
+
+
+class SparseConv2d(Function):
+    """Masked convolution (stride 1) over the live synapses; see the module docstring."""
+
+    def forward(self, x, w, b=None, plan: _Plan = None, padding: int = 0):
+        kernel = native.load()
+        o, c, kh, kw = plan.shape
+        n, _, h, wd = x.shape
+        p = padding
+        hp, wp = h + 2 * p, wd + 2 * p
+        oh, ow = hp - kh + 1, wp - kw + 1
+        _, ci, ky, kx = plan.index
+        off = plan.offsets(("fwd", hp, wp), lambda: (ci * hp + ky) * wp + kx)
+        vals = np.ascontiguousarray(w[plan.index], dtype=np.float32)
+        bias = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+        y = _channels_last(n, o, oh, ow)
+        _run(n, plan.synapses * oh * ow * n,
+             lambda n0, n1: kernel.conv(_bl(x), plan.syn_ptr, off, vals, (oh, ow), 1, bias,
+                                        None, None, False, _bl(y), n0, n1, pad=p))
+        self.saved = (x, vals, off, w.dtype)
+        self.plan, self.padding, self.has_bias = plan, p, b is not None
+        return y
+
+    def backward(self, gy):
+        kernel = native.load()
+        x, vals, off, w_dtype = self.saved
+        plan, p = self.plan, self.padding
+        o, c, kh, kw = plan.shape
+        n, _, h, wd = x.shape
+        oh, ow = gy.shape[2:]
+        gy = np.asarray(gy, dtype=np.float32)
+        gx = gw = gb = None
+        if self.needs_grad[1]:
+            g = _wgrad(kernel, _bl(x), plan, off, _bl(gy), n, plan.synapses * oh * ow * n, p)
+            gw = _dense_grad(plan, g, w_dtype)
+        if self.has_bias and self.needs_grad[2]:
+            gb = gy.sum(axis=(0, 2, 3))
+        if self.needs_grad[0]:
+            q = kh - 1 - p  # the output gradient padded by q gives an H x W input gradient
+            hg, wg = oh + 2 * q, ow + 2 * q
+            oi, _, ky, kx = (a[plan.perm] for a in plan.index)
+            off_t = plan.offsets(("grad", hg, wg),
+                                 lambda: (oi * hg + (kh - 1 - ky)) * wg + (kw - 1 - kx))
+            vals_t = np.ascontiguousarray(vals[plan.perm])
+            zeros = np.zeros(c, np.float32)
+            gx = _channels_last(n, c, h, wd)
+            _run(n, plan.synapses * h * wd * n,
+                 lambda n0, n1: kernel.conv(_bl(gy), plan.syn_ptr_t, off_t, vals_t, (h, wd), 1,
+                                            zeros, None, None, False, _bl(gx), n0, n1, pad=q))
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+class SparseLinear(Function):
+    """Masked fully connected layer over the live synapses (the 1x1 case of SparseConv2d)."""
+
+    def forward(self, x, w, b=None, plan: _Plan = None):
+        kernel = native.load()
+        o, f = plan.shape
+        n = x.shape[0]
+        vals = np.ascontiguousarray(w[plan.index], dtype=np.float32)
+        bias = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
+        y = np.empty((n, o), np.float32)
+        x4 = x.T[:, None, None, :]  # (F, 1, 1, N) view: read in place
+        off = plan.offsets("fwd", lambda: plan.index[1])
+        _run(n, plan.synapses * n,
+             lambda n0, n1: kernel.conv(x4, plan.syn_ptr, off, vals, (1, 1), 1, bias, None,
+                                        None, False, y.T[:, None, None, :], n0, n1))
+        self.saved = (x4, vals, off, w.dtype)
+        self.plan, self.has_bias = plan, b is not None
+        return y
+
+    def backward(self, gy):
+        kernel = native.load()
+        x4, vals, off, w_dtype = self.saved
+        plan = self.plan
+        o, f = plan.shape
+        n = gy.shape[0]
+        gy = np.asarray(gy, dtype=np.float32)
+        gy4 = gy.T[:, None, None, :]
+        gx = gw = gb = None
+        if self.needs_grad[1]:
+            g = _wgrad(kernel, x4, plan, off, gy4, n, plan.synapses * n)
+            gw = _dense_grad(plan, g, w_dtype)
+        if self.has_bias and self.needs_grad[2]:
+            gb = gy.sum(axis=0)
+        if self.needs_grad[0]:
+            off_t = plan.offsets("grad", lambda: plan.index[0][plan.perm])
+            gx = np.empty((n, f), np.float32)
+            vals_t = np.ascontiguousarray(vals[plan.perm])
+            zeros = np.zeros(f, np.float32)
+            _run(n, plan.synapses * n,
+                 lambda n0, n1: kernel.conv(gy4, plan.syn_ptr_t, off_t, vals_t, (1, 1), 1,
+                                            zeros, None, None, False, gx.T[:, None, None, :],
+                                            n0, n1))
+        return (gx, gw, gb) if self.has_bias else (gx, gw)
+
+
+def plan_for(layer, x) -> _Plan | None:
+    """The layer's plan when its forward on ``x`` should take the sparse path, else None."""
+    layer.sparse_path = False  # what the layer's last forward did (benchmarks report it)
+    mode = get_mode()
+    mask = getattr(layer, "mask", None)
+    data = x.data if isinstance(x, Tensor) else x
+    if (mode == "off" or mask is None or not isinstance(data, np.ndarray)
+            or data.dtype != np.float32 or layer.weight.data.dtype != np.float32):
+        return None
+    conv = hasattr(layer, "kernel_size")
+    if conv and (layer.stride != 1 or layer.padding > layer.kernel_size - 1):
+        return None
+    cached = getattr(layer, "_sparse_plan", None)
+    if cached is not None and cached[0] is mask:
+        plan, wanted = cached[1], cached[2]
+    else:
+        plan = _Plan(mask)
+        if conv:
+            o, c, kh, kw = plan.shape
+            wanted = cpu.choose_conv_method(plan.synapses, o, c, kh, kw) == "native"
+        else:
+            wanted = cpu.choose_method(plan.synapses, int(np.prod(plan.shape))) == "native"
+        layer._sparse_plan = (mask, plan, wanted)
+    if not (wanted or mode == "on") or not native.available():
+        return None
+    layer.sparse_path = True
+    return plan
+
+
+def conv2d(layer, x, plan: _Plan):
+    """The sparse forward of a masked Conv2d layer (a Tensor, differentiable)."""
+    args = (x, layer.weight) if layer.bias is None else (x, layer.weight, layer.bias)
+    return SparseConv2d.apply(*args, plan=plan, padding=layer.padding)
+
+
+def linear(layer, x, plan: _Plan):
+    """The sparse forward of a masked Linear layer (a Tensor, differentiable)."""
+    args = (x, layer.weight) if layer.bias is None else (x, layer.weight, layer.bias)
+    return SparseLinear.apply(*args, plan=plan)
