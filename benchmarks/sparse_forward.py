@@ -29,6 +29,7 @@ compact models without the compiled kernel (the scipy.sparse / BLAS paths only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -47,6 +48,7 @@ from minievo import backend, models, sparse  # noqa: E402
 from minievo import layers as L  # noqa: E402
 from minievo.autograd import Tensor, no_grad  # noqa: E402
 from minievo.kernels import native  # noqa: E402
+from minievo.sparse import train as sparse_train  # noqa: E402
 from minievo.sparse.synthetic import set_random_masks  # noqa: E402
 
 DENSITIES = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -77,10 +79,21 @@ def best_times(fns: list, repeats: int, xp) -> list[float]:
 
 
 def dense_call(model, x):
+    """The masked dense forward (im2col + BLAS): sparse training's kernel path is off here."""
     def run():
-        with no_grad():
+        with no_grad(), dense_layers():
             return model(Tensor(x)).data
     return run
+
+
+@contextlib.contextmanager
+def dense_layers():
+    old = sparse_train.get_mode()
+    sparse_train.set_mode("off")
+    try:
+        yield
+    finally:
+        sparse_train.set_mode(old)
 
 
 def conv_layer_model(rng, density, backend_name="numpy"):

@@ -61,3 +61,15 @@ def _native_kernel_cache(tmp_path_factory):
     else:
         os.environ["MINIEVO_NATIVE_CACHE"] = old
     native.reset()
+
+
+@pytest.fixture
+def dense_layers():
+    """Masked layers take their dense path (im2col + BLAS) for the duration of a test: the
+    reference that the compact and native paths are compared with must not be one of them."""
+    from minievo.sparse import train as sparse_train
+
+    old = sparse_train.get_mode()
+    sparse_train.set_mode("off")
+    yield
+    sparse_train.set_mode(old)

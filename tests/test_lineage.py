@@ -410,6 +410,8 @@ def test_factors_outside_zero_one_are_refused(field, value):
     (dict(offspring_per_generation=2), r"needs a validation split: set val_fraction"),
     (dict(offspring_per_generation=2, val_fraction=1.0), r"val_fraction in \(0, 1\)"),
     (dict(stop_margin=0.05), r"needs a validation split"),
+    (dict(stop_margin=-0.01, val_fraction=0.1), r"stop_margin = -0.01 is outside \[0, 1\)"),
+    (dict(stop_margin=5.0, val_fraction=0.1), r"stop_margin = 5.0 is outside \[0, 1\)"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(overrides, message):
     with pytest.raises(UsageError, match=message):

@@ -117,7 +117,7 @@ def test_auto_follows_the_cost_model():
     dense = set_random_masks(models.lenet5(), rng, 1.0)
     dense(x)
     assert not any(paths(dense))
-    sparse = set_random_masks(models.lenet5(), rng, 0.05)
+    sparse = set_random_masks(models.lenet5(), rng, 0.005)
     sparse(x)
     assert all(paths(sparse))
     sparse_train.set_mode("off")

@@ -42,6 +42,7 @@ from minievo.evolution import EnvironmentalFactor, apply_offspring_init, synthes
 from minievo.layers import prunable_layers
 from minievo.sparse import gpu as sparse_gpu
 from minievo.sparse import reference as ref
+from minievo.sparse import train as sparse_train
 
 # Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
 FAST = tutorial.fast_mode()
@@ -157,7 +158,10 @@ print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked)
 #   scipy's generic kernel is several times slower per multiply-add than BLAS).
 # * `"dense"`: the compacted weight as a dense matrix (BLAS): best when a layer is still dense.
 #
-# Without a C compiler (or with `MINIEVO_NATIVE=0`) the first is skipped. Below, the time per
+# Without a C compiler (or with `MINIEVO_NATIVE=0`) the first is skipped. The same kernel
+# also *trains* sparse masked layers (`minievo.sparse.train`): the input gradient is the same
+# convolution run backwards (output gradient in, synapses regrouped by input map, taps
+# flipped), and the weight gradient is one dot product per live synapse. Below, the time per
 # image of the masked dense model against its compact form for every round of the lineage,
 # with the path each layer took. The ideal speed-up is the ratio of multiply-accumulates; the
 # real one is smaller, because memory traffic and call overhead do not shrink with the
@@ -180,8 +184,10 @@ xb = np.random.default_rng(2).normal(size=(batch, 1, 28, 28)).astype(np.float32)
 rows = []
 for g, m in enumerate(lineage):
     c = sparse.compact(m)
+    sparse_train.set_mode("off")  # time the masked dense model on its im2col + BLAS path
     with no_grad():
         t_dense = best_time(lambda m=m: m(Tensor(xb)), repeat)
+    sparse_train.set_mode("auto")
     t_compact = best_time(lambda c=c: c(xb), repeat)
     s = c.summary()
     rows.append((g, s.synaptic_efficiency, s.mac_ratio, t_dense, t_compact))

@@ -118,6 +118,10 @@ class EvolutionConfig:
             raise UsageError(f"generations must be >= 0, got {self.generations}")
         if self.offspring_per_generation < 1:
             raise UsageError("offspring_per_generation must be >= 1")
+        if self.stop_margin is not None and not 0 <= self.stop_margin < 1:
+            raise UsageError(f"stop_margin = {self.stop_margin} is outside [0, 1): it is the "
+                             "drop in validation accuracy (a fraction, 0.01 = 1 point) that "
+                             "stops the lineage")
         if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "

@@ -188,6 +188,17 @@ def _check_window(what: str, off, c, h, w, oh, ow, stride) -> None:
             raise ValueError(f"{what}: output size, stride or offsets reach outside x")
 
 
+def _check_pointers(what: str, syn_ptr: np.ndarray, off: np.ndarray) -> None:
+    """syn_ptr: non-decreasing indices into off (a slice of a longer syn_ptr is fine: a thread
+    may run some of the maps)."""
+    if off.ndim != 1:
+        raise ValueError(f"{what}: off must be one-dimensional, got shape {off.shape}")
+    if syn_ptr.size and (syn_ptr[0] < 0 or syn_ptr[-1] > off.size
+                         or np.any(np.diff(syn_ptr) < 0)):
+        raise ValueError(f"{what}: syn_ptr must be non-decreasing indices into off "
+                         f"(0..{off.size})")
+
+
 def _batch_range(n_begin: int, n_end: int | None, n: int) -> int:
     n_end = n if n_end is None else n_end
     if not 0 <= n_begin <= n_end <= n:
@@ -260,7 +271,7 @@ class NativeKernel:
                                                 (ow - pool[0]) // pool[1] + 1)
         n_end = _batch_range(n_begin, n_end, n)
         checks = [("x", x, np.float32, None), ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
-                  ("off", off, np.int32, (int(syn_ptr[-1]) if o >= 0 else 0,)),
+                  ("off", off, np.int32, None),
                   ("w", w, np.float32, off.shape), ("bias", bias, np.float32, (o,)),
                   ("out", out, np.float32, (o if out_map is None else
                                             getattr(out, "shape", (0,))[0], ph, pw, n))]
@@ -269,6 +280,7 @@ class NativeKernel:
         if bias_map is not None:
             checks.append(("bias_map", bias_map, np.float32, (o, oh, ow)))
         _check(what, checks)
+        _check_pointers(what, syn_ptr, off)
         os_ = element_strides(out)
         if os_ is None or not out.flags.writeable or any(
                 st == 0 and size > 1 for st, size in zip(os_, out.shape)):
@@ -312,8 +324,9 @@ class NativeKernel:
         n_end = _batch_range(n_begin, n_end, n)
         _check(what, [("x", x, np.float32, None), ("gy", gy, np.float32, None),
                       ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
-                      ("off", off, np.int32, (int(syn_ptr[-1]) if o >= 0 else 0,)),
+                      ("off", off, np.int32, None),
                       ("gw", gw, np.float64, off.shape)])
+        _check_pointers(what, syn_ptr, off)
         if not gw.flags.writeable:
             raise ValueError(f"{what}: gw must be writeable")
         if pad < 0:

@@ -22,7 +22,8 @@ each forward (:func:`plan_for`) whether the sparse path applies. It does when al
 the mode is not ``"off"`` (:func:`set_mode`, ``$MINIEVO_SPARSE_TRAINING``), the arrays are
 float32 NumPy, the kernel is available, the layer has a mask, stride is 1 and padding at most
 k - 1 (convolutions), and, in mode ``"auto"``, the cost models of :mod:`minievo.sparse.cpu` say
-the sparse path is the cheaper (mode ``"on"`` skips only this last test). float64 inputs, as in
+the sparse path is the cheaper and the layer keeps fewer than :data:`TRAIN_MAX_DENSITY` of its
+synapses (mode ``"on"`` skips only these last tests). float64 inputs, as in
 the gradient checks, always take the dense path.
 """
 
@@ -89,21 +90,59 @@ def _pointers(rows: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
 
 
-def _run(n: int, work: int, call) -> None:
-    """call(n0, n1) over the batch, on the sparse thread pool when the work is large."""
-    tile = native.load().tile
-    threads = cpu.get_num_threads() if work > 4_000_000 else 1
-    cpu._run_parallel(lambda part: call(*part), cpu._batch_slices(n, tile, threads))
+#: Multiply-adds below which a kernel call runs on one thread: for LeNet-5 fc1 at 2 % live
+#: synapses (0.5 M per call at batch 64) two threads made a training step slower (2.6 ms
+#: against 1.7), as the hand-offs cost more than they share.
+THREAD_MIN_WORK = 4_000_000
+
+#: Training takes the sparse path ("auto") only below these fractions of live synapses, on top
+#: of the inference cost model. Measured per layer, batch 64, forward + backward, 2 cores
+#: (dense ms / sparse ms): LeNet-5 conv2 at 5 / 10 / 20 / 30 % live: 2.2-2.4 / 1.6-1.7 /
+#: 1.0-1.3 / 0.7-1.0; conv1 about 1.1-1.2 up to 10 %, 0.8-1.2 beyond; fc1 (800 -> 500) 0.86 at
+#: 2 % and worse above, because its dense product is only ~1 ms and the per-synapse sums of the
+#: weight gradient cost more than the product saves.
+TRAIN_MAX_DENSITY = {"conv": 0.15, "linear": 0.01}
 
 
-def _wgrad(kernel, x4, plan: _Plan, off, gy4, n: int, work: int, pad: int = 0) -> np.ndarray:
-    """Weight gradient of the live synapses (float64), summed over thread slices."""
-    threads = cpu.get_num_threads() if work > 4_000_000 else 1
-    parts = cpu._batch_slices(n, kernel.tile, threads)
-    partial = [np.zeros(plan.synapses, np.float64) for _ in parts]
-    cpu._run_parallel(lambda job: kernel.wgrad(x4, plan.syn_ptr, off, 1, gy4, job[1], *job[0],
-                                               pad=pad), list(zip(parts, partial)))
-    return np.sum(partial, axis=0) if len(partial) > 1 else partial[0]
+def _parts(n: int, syn_ptr: np.ndarray, work: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, o0, o1) pieces of a kernel call for the threads: slices of the batch when it
+    has enough tiles, else groups of output maps with about equal synapse counts (a training
+    batch of 64 is a single tile)."""
+    maps = len(syn_ptr) - 1
+    threads = cpu.get_num_threads() if work > THREAD_MIN_WORK else 1
+    batch = cpu._batch_slices(n, tile, threads)
+    if len(batch) >= threads or maps < 2:
+        return [(a, b, 0, maps) for a, b in batch]
+    goal = np.linspace(0, syn_ptr[-1], threads + 1)[1:-1]
+    cuts = sorted({0, maps, *(int(c) for c in np.searchsorted(syn_ptr, goal))})
+    return [(0, n, a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _conv(kernel, x4, syn_ptr, off, vals, out_hw, bias, out4, n: int, work: int,
+          pad: int = 0) -> None:
+    """out4 = the sparse convolution of x4 (both (C, H, W, N) views), on the threads."""
+    def call(part):
+        n0, n1, o0, o1 = part
+        kernel.conv(x4, syn_ptr[o0:o1 + 1], off, vals, out_hw, 1, bias[o0:o1], None, None,
+                    False, out4[o0:o1], n0, n1, pad=pad)
+
+    cpu._run_parallel(call, _parts(n, syn_ptr, work, kernel.tile))
+
+
+def _wgrad(kernel, x4, syn_ptr, off, gy4, n: int, work: int, pad: int = 0) -> np.ndarray:
+    """Weight gradient of the live synapses (float64): threads on batch slices sum partial
+    arrays, threads on map groups fill disjoint parts of one array."""
+    parts = _parts(n, syn_ptr, work, kernel.tile)
+    batch_split = len(parts) > 1 and parts[0][3] - parts[0][2] == len(syn_ptr) - 1
+    sums = [np.zeros(len(off), np.float64) for _ in (parts if batch_split else parts[:1])]
+
+    def call(job):
+        (n0, n1, o0, o1), g = job
+        kernel.wgrad(x4, syn_ptr[o0:o1 + 1], off, 1, gy4[o0:o1], g, n0, n1, pad=pad)
+
+    jobs = list(zip(parts, sums if batch_split else sums * len(parts)))
+    cpu._run_parallel(call, jobs)
+    return np.sum(sums, axis=0) if len(sums) > 1 else sums[0]
 
 
 def _dense_grad(plan: _Plan, values: np.ndarray, dtype) -> np.ndarray:
@@ -138,9 +177,8 @@ class SparseConv2d(Function):
         vals = np.ascontiguousarray(w[plan.index], dtype=np.float32)
         bias = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
         y = _channels_last(n, o, oh, ow)
-        _run(n, plan.synapses * oh * ow * n,
-             lambda n0, n1: kernel.conv(_bl(x), plan.syn_ptr, off, vals, (oh, ow), 1, bias,
-                                        None, None, False, _bl(y), n0, n1, pad=p))
+        _conv(kernel, _bl(x), plan.syn_ptr, off, vals, (oh, ow), bias, _bl(y), n,
+              plan.synapses * oh * ow * n, p)
         self.saved = (x, vals, off, w.dtype)
         self.plan, self.padding, self.has_bias = plan, p, b is not None
         return y
@@ -155,7 +193,8 @@ class SparseConv2d(Function):
         gy = np.asarray(gy, dtype=np.float32)
         gx = gw = gb = None
         if self.needs_grad[1]:
-            g = _wgrad(kernel, _bl(x), plan, off, _bl(gy), n, plan.synapses * oh * ow * n, p)
+            g = _wgrad(kernel, _bl(x), plan.syn_ptr, off, _bl(gy), n,
+                       plan.synapses * oh * ow * n, p)
             gw = _dense_grad(plan, g, w_dtype)
         if self.has_bias and self.needs_grad[2]:
             gb = gy.sum(axis=(0, 2, 3))
@@ -168,9 +207,8 @@ class SparseConv2d(Function):
             vals_t = np.ascontiguousarray(vals[plan.perm])
             zeros = np.zeros(c, np.float32)
             gx = _channels_last(n, c, h, wd)
-            _run(n, plan.synapses * h * wd * n,
-                 lambda n0, n1: kernel.conv(_bl(gy), plan.syn_ptr_t, off_t, vals_t, (h, wd), 1,
-                                            zeros, None, None, False, _bl(gx), n0, n1, pad=q))
+            _conv(kernel, _bl(gy), plan.syn_ptr_t, off_t, vals_t, (h, wd), zeros, _bl(gx), n,
+                  plan.synapses * h * wd * n, q)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
@@ -186,9 +224,8 @@ class SparseLinear(Function):
         y = np.empty((n, o), np.float32)
         x4 = x.T[:, None, None, :]  # (F, 1, 1, N) view: read in place
         off = plan.offsets("fwd", lambda: plan.index[1])
-        _run(n, plan.synapses * n,
-             lambda n0, n1: kernel.conv(x4, plan.syn_ptr, off, vals, (1, 1), 1, bias, None,
-                                        None, False, y.T[:, None, None, :], n0, n1))
+        _conv(kernel, x4, plan.syn_ptr, off, vals, (1, 1), bias, y.T[:, None, None, :], n,
+              plan.synapses * n)
         self.saved = (x4, vals, off, w.dtype)
         self.plan, self.has_bias = plan, b is not None
         return y
@@ -203,7 +240,7 @@ class SparseLinear(Function):
         gy4 = gy.T[:, None, None, :]
         gx = gw = gb = None
         if self.needs_grad[1]:
-            g = _wgrad(kernel, x4, plan, off, gy4, n, plan.synapses * n)
+            g = _wgrad(kernel, x4, plan.syn_ptr, off, gy4, n, plan.synapses * n)
             gw = _dense_grad(plan, g, w_dtype)
         if self.has_bias and self.needs_grad[2]:
             gb = gy.sum(axis=0)
@@ -212,10 +249,8 @@ class SparseLinear(Function):
             gx = np.empty((n, f), np.float32)
             vals_t = np.ascontiguousarray(vals[plan.perm])
             zeros = np.zeros(f, np.float32)
-            _run(n, plan.synapses * n,
-                 lambda n0, n1: kernel.conv(gy4, plan.syn_ptr_t, off_t, vals_t, (1, 1), 1,
-                                            zeros, None, None, False, gx.T[:, None, None, :],
-                                            n0, n1))
+            _conv(kernel, gy4, plan.syn_ptr_t, off_t, vals_t, (1, 1), zeros,
+                  gx.T[:, None, None, :], n, plan.synapses * n)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
@@ -236,11 +271,13 @@ def plan_for(layer, x) -> _Plan | None:
         plan, wanted = cached[1], cached[2]
     else:
         plan = _Plan(mask)
+        total = int(np.prod(plan.shape))
         if conv:
             o, c, kh, kw = plan.shape
             wanted = cpu.choose_conv_method(plan.synapses, o, c, kh, kw) == "native"
         else:
-            wanted = cpu.choose_method(plan.synapses, int(np.prod(plan.shape))) == "native"
+            wanted = cpu.choose_method(plan.synapses, total) == "native"
+        wanted = wanted and plan.synapses < TRAIN_MAX_DENSITY["conv" if conv else "linear"] * total
         layer._sparse_plan = (mask, plan, wanted)
     if not (wanted or mode == "on") or not native.available():
         return None
