@@ -150,7 +150,7 @@ print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked)
 # fitted to measurements (`minievo.sparse.cpu.choose_conv_method`):
 #
 # * `"native"`: a direct convolution over the live synapses only, written in C
-#   (`minievo/kernels/sparse_cpu.c`, 170 lines worth reading). minievo compiles it with
+#   (`minievo/kernels/sparse_cpu.c`, about 300 lines worth reading). minievo compiles it with
 #   your C compiler the first time it is needed and caches the library; for a tile of 64
 #   images it adds `w * x[shifted pixel]` for every live synapse into 64 running sums held in
 #   vector registers. `minievo doctor` says whether it is available.
