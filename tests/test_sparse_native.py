@@ -88,12 +88,16 @@ def test_kernel_matches_reference(kernel, n, case, relu):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+def full_layer(seed: int, o: int, c: int, h: int, n: int):
+    """(weight, all-ones mask, batch-last x, bias) of a 3x3 layer with c -> o maps."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((c, h, h, n)).astype(np.float32)
+    return weight, np.ones_like(weight), x, rng.standard_normal(o).astype(np.float32)
+
+
 def test_batch_slices_write_only_their_images(kernel):
-    rng = np.random.default_rng(1)
-    weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    mask = np.ones_like(weight)
-    x = rng.standard_normal((2, 6, 6, 100)).astype(np.float32)
-    bias = np.zeros(3, np.float32)
+    weight, mask, x, bias = full_layer(1, 3, 2, 6, 100)
     lists = synapse_lists(weight, mask, 6, 6)
     whole = np.empty((3, 4, 4, 100), np.float32)
     kernel.conv(x, *lists, (4, 4), 1, bias, None, None, False, whole)
@@ -132,11 +136,7 @@ def test_any_input_and_output_layout(kernel, layout):
 
 
 def test_out_map_writes_maps_into_a_larger_output(kernel):
-    rng = np.random.default_rng(8)
-    weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    mask = np.ones_like(weight)
-    x = rng.standard_normal((2, 5, 5, 9)).astype(np.float32)
-    bias = rng.standard_normal(3).astype(np.float32)
+    weight, mask, x, bias = full_layer(8, 3, 2, 5, 9)
     want = reference(x, weight, mask, bias, 1, None, None, False)
     out = np.full((6, 3, 3, 9), -5.0, np.float32)
     out_map = np.array([4, 0, 2], np.int32)

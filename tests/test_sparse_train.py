@@ -180,3 +180,31 @@ def test_modes_are_checked(monkeypatch):
     monkeypatch.setattr(sparse_train, "_mode", None)
     with pytest.raises(ValueError, match="MINIEVO_SPARSE_TRAINING must be one of"):
         sparse_train.get_mode()
+
+
+@pytest.mark.parametrize("n", [64, 200])
+def test_threads_split_maps_or_batch_with_identical_results(n):
+    """A batch of one tile is shared out by groups of maps, a longer one by slices. Each float32
+    sum runs in the same order as on one thread; only the float64 partial weight gradients of
+    batch slices are added in another order, below float32's resolution."""
+    from minievo import sparse
+
+    rng = np.random.default_rng(5)
+    net = set_random_masks(models.lenet5(), rng, 0.1, kernel_level=False).train()
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    t = rng.integers(0, 10, n)
+    old = sparse.get_num_threads()
+    try:
+        sparse.set_num_threads(1)
+        one = loss_and_grads(net, x, t, "on")
+        sparse.set_num_threads(3)
+        three = loss_and_grads(net, x, t, "on")
+    finally:
+        sparse.set_num_threads(old)
+    assert one[0] == three[0]
+    np.testing.assert_array_equal(one[1], three[1])
+    for a, b in zip(one[2], three[2]):
+        if n <= 64:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
