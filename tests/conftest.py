@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 # Many tiny matrix products: one BLAS thread is faster, and stable on a shared 2-core machine.
 # Set before NumPy loads OpenBLAS (the environment of the test run and its subprocesses).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+_NATIVE_CACHE = tempfile.mkdtemp(prefix="minievo-native-tests-")
+os.environ["MINIEVO_NATIVE_CACHE"] = _NATIVE_CACHE
 
 import numpy as np  # noqa: E402
-import pytest
+import pytest  # noqa: E402
 
-from minievo import backend
+from minievo import backend  # noqa: E402
 
 
 def _backend_params():
@@ -47,20 +51,13 @@ def rng():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _native_kernel_cache(tmp_path_factory):
-    """Build the native CPU kernel once per test session, in a fresh folder (so the tests check
-    that it builds from the source, never a library left over from an earlier version)."""
-    from minievo.kernels import native
-
-    old = os.environ.get("MINIEVO_NATIVE_CACHE")
-    os.environ["MINIEVO_NATIVE_CACHE"] = str(tmp_path_factory.mktemp("native-cache"))
-    native.reset()
+def _native_kernel_cache():
+    """The native CPU kernel is built once per test session, in a fresh folder (so the tests
+    check that it builds from the source, never a library left over from an earlier version),
+    and the user's own cache is never touched. The folder is set when this file is imported,
+    so that subprocesses whose environment is copied early (the chapter runs) use it too."""
     yield
-    if old is None:
-        os.environ.pop("MINIEVO_NATIVE_CACHE", None)
-    else:
-        os.environ["MINIEVO_NATIVE_CACHE"] = old
-    native.reset()
+    shutil.rmtree(_NATIVE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

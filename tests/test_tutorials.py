@@ -72,10 +72,18 @@ def test_chapters_convert_to_notebooks():
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# Chapter")
 
 
+def chapter_env() -> dict:
+    """The environment of a chapter run: none of the caller's MINIEVO_ settings, except the test
+    session's own cache of the native kernel (tests/conftest.py), so the user's is not used."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIEVO_")}
+    env["MINIEVO_NATIVE_CACHE"] = os.environ["MINIEVO_NATIVE_CACHE"]
+    return env
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem[:2] for p in CHAPTERS])
 def test_chapter_runs_in_fast_mode_and_draws(chapter, tmp_path):
     figures = tmp_path / "figures"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIEVO_")}
+    env = chapter_env()
     env.update(MINIEVO_FAST="1", MPLBACKEND="Agg", MINIEVO_FIGURES=str(figures),
                MINIEVO_TUTORIAL_RUNS=str(tmp_path / "runs"),
                # A multi-threaded BLAS on a busy shared machine can be 10x slower than one
@@ -103,7 +111,7 @@ def test_chapter_8_reads_a_finished_run(tmp_path):
     cfg = EvolutionConfig(dataset="synthetic-digits", limit_train=256, limit_test=128,
                           generations=1, ancestor_epochs=1, offspring_epochs=1)
     Lineage(cfg, run, progress=False, log=lambda *args: None).run()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIEVO_")}
+    env = chapter_env()
     env.update(MINIEVO_FAST="1", MPLBACKEND="Agg", MINIEVO_FIGURES=str(tmp_path / "figures"),
                MINIEVO_RUN=str(run), OPENBLAS_NUM_THREADS="1")
     chapter = TUTORIALS / "08_reproducing_the_paper.py"
