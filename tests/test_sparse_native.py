@@ -193,6 +193,12 @@ def test_bad_arguments_are_refused(kernel):
         call(off=off + 40)
     with pytest.raises(ValueError, match="reach outside x"):
         call(out_hw=(4, 3), out=np.empty((3, 4, 3, 4), np.float32))
+    gy, gw = np.zeros((3, 3, 3, 4), np.float32), np.zeros(len(off))
+    kernel.wgrad(x, syn_ptr, off, 1, gy, gw)
+    with pytest.raises(ValueError, match="weight gradient: output size, stride or offsets"):
+        kernel.wgrad(x, syn_ptr, off + 40, 1, gy, gw)
+    with pytest.raises(ValueError, match="reach outside x"):
+        kernel.wgrad(x, syn_ptr, off, 1, np.zeros((3, 4, 3, 4), np.float32), gw)
     with pytest.raises(ValueError, match="batch range"):
         call(n_begin=3, n_end=2)
     with pytest.raises(ValueError, match="as a NumPy array"):

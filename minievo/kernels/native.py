@@ -42,7 +42,7 @@ SOURCE = KERNEL_DIR / "sparse_cpu.c"
 
 #: The kernel's interface version (``minievo_sparse_cpu_version()``); a library reporting
 #: another one is rebuilt.
-ABI_VERSION = 5
+ABI_VERSION = 6
 
 #: Compiler flags, tried in order until one set works (-march=native is not known to every
 #: compiler; without it the library is portable and somewhat slower).
@@ -56,6 +56,7 @@ _i32p = ctypes.POINTER(ctypes.c_int32)
 _int = ctypes.c_int
 
 _ERRORS = {1: "could not allocate the kernel's workspace", 2: "inconsistent sizes"}
+_OUTSIDE = 3  # the kernel's code for a synapse that would read outside x
 
 
 class NativeUnavailable(RuntimeError):
@@ -178,14 +179,17 @@ def _readable(what: str, name: str, a) -> tuple[np.ndarray, tuple[int, ...]]:
     return a, strides
 
 
-def _check_window(what: str, off, c, h, w, oh, ow, stride) -> None:
+def _check_size(what: str, c: int, h: int, w: int) -> None:
+    """The kernel indexes an image's packed pixels with int; every offset is checked in C."""
     if c * h * w >= 2**31:
         raise ValueError(f"{what}: more than 2**31 input values per image")
-    if off.size:  # every synapse's input pixel, at the last window, must lie inside x
-        ky, kx = np.divmod(off % (h * w), w)
-        if off.min() < 0 or off.max() >= c * h * w or (
-                ky.max() + (oh - 1) * stride >= h or kx.max() + (ow - 1) * stride >= w):
-            raise ValueError(f"{what}: output size, stride or offsets reach outside x")
+
+
+def _raise_for(what: str, rc: int) -> None:
+    if rc == _OUTSIDE:
+        raise ValueError(f"{what}: output size, stride or offsets reach outside x")
+    if rc != 0:
+        raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
 
 
 def _check_pointers(what: str, syn_ptr: np.ndarray, off: np.ndarray) -> None:
@@ -293,7 +297,7 @@ class NativeKernel:
                              f"{out.shape[0] - 1})")
         if pad < 0:
             raise ValueError(f"{what}: pad must be >= 0, got {pad}")
-        _check_window(what, off, c, h + 2 * pad, wd + 2 * pad, oh, ow, stride)
+        _check_size(what, c, h + 2 * pad, wd + 2 * pad)
         pk, ps = pool if pool is not None else (0, 0)
         ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
         rc = self._conv(ptr(x, _f32p), c, h, wd, n, _Strides(*xs), pad, o, ptr(syn_ptr, _i32p),
@@ -301,8 +305,7 @@ class NativeKernel:
                         None if bias_map is None else ptr(bias_map, _f32p), pk, ps, int(relu),
                         ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
                         _Strides(*os_), n_begin, n_end)
-        if rc != 0:
-            raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
+        _raise_for(what, rc)
 
     def wgrad(self, x: np.ndarray, syn_ptr: np.ndarray, off: np.ndarray, stride: int,
               gy: np.ndarray, gw: np.ndarray, n_begin: int = 0,
@@ -331,14 +334,13 @@ class NativeKernel:
             raise ValueError(f"{what}: gw must be writeable")
         if pad < 0:
             raise ValueError(f"{what}: pad must be >= 0, got {pad}")
-        _check_window(what, off, c, h + 2 * pad, wd + 2 * pad, oh, ow, stride)
+        _check_size(what, c, h + 2 * pad, wd + 2 * pad)
         ptr = lambda a, t: a.ctypes.data_as(t)  # noqa: E731
         rc = self._wgrad(ptr(x, _f32p), c, h, wd, n, _Strides(*xs), pad, o,
                          ptr(syn_ptr, _i32p), ptr(off, _i32p), oh, ow, stride, ptr(gy, _f32p),
                          _Strides(*gs), gw.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
                          n_begin, n_end)
-        if rc != 0:
-            raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
+        _raise_for(what, rc)
 
 
 _lock = threading.Lock()

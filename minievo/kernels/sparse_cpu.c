@@ -35,8 +35,9 @@
  * the taps flipped (built in Python), and minievo_sparse_conv_wgrad below sums the weight
  * gradient of the live synapses only.
  *
- * Sizes are int (32-bit); the caller checks that every offset fits. Return value: 0 on
- * success, 1 when the workspace could not be allocated, 2 for inconsistent sizes.
+ * Sizes are int (32-bit). Return value: 0 on success, 1 when the workspace could not be
+ * allocated, 2 for inconsistent sizes, 3 when a synapse would read outside x (checked for
+ * every synapse before anything is read).
  */
 
 #include <stddef.h>
@@ -53,7 +54,7 @@
  * ones on CPUs without AVX. Tiles are 32-byte aligned, so vectors load directly. */
 typedef float vf8 __attribute__((vector_size(32)));
 
-int minievo_sparse_cpu_version(void) { return 5; }
+int minievo_sparse_cpu_version(void) { return 6; }
 
 int minievo_sparse_cpu_tile(void) { return NB; }
 
@@ -116,6 +117,21 @@ static void pack_tile(const float *restrict x, int C, int H, int W, const long l
     }
 }
 
+/* 1 when every synapse of maps 0 .. O-1 reads inside x (C*Hp*Wp packed pixels) from every
+ * window corner of the OH x OW output; checked before any memory is touched. */
+static int offsets_fit(const int32_t *syn_ptr, int O, const int32_t *off, int C, int Hp, int Wp,
+                       int OH, int OW, int stride) {
+    const long long plane = (long long)Hp * Wp;
+    for (int s = syn_ptr[0]; s < syn_ptr[O]; ++s) {
+        const long long v = off[s];
+        if (v < 0 || v >= C * plane) return 0;
+        const long long ky = (v % plane) / Wp, kx = (v % plane) % Wp;
+        if (ky + (long long)(OH - 1) * stride >= Hp || kx + (long long)(OW - 1) * stride >= Wp)
+            return 0;
+    }
+    return 1;
+}
+
 /* The (OH, OW, NB) tile of one output map, from the packed input tile xt (C*H*W pixels of
  * NB images each); synapses s0 .. s1-1. The NV accumulators are independent chains of
  * multiply-adds, enough to keep both FMA units busy. */
@@ -157,6 +173,7 @@ int minievo_sparse_conv(
         pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end)
         return 2;
     const int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    if (!offsets_fit(syn_ptr, O, off, C, Hp, Wp, OH, OW, stride)) return 3;
     int PH = OH, PW = OW;
     if (pool_k > 0) {
         if (pool_s < 1 || pool_k > OH || pool_k > OW) return 2;
@@ -270,8 +287,9 @@ int minievo_sparse_conv_wgrad(
     if (C < 1 || H < 1 || W < 1 || N < 1 || O < 0 || OH < 1 || OW < 1 || stride < 1 ||
         pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end)
         return 2;
-    const int Wp = W + 2 * pad;
-    const size_t pixels = (size_t)C * (H + 2 * pad) * Wp, gpixels = (size_t)O * OH * OW;
+    const int Hp = H + 2 * pad, Wp = W + 2 * pad;
+    if (!offsets_fit(syn_ptr, O, off, C, Hp, Wp, OH, OW, stride)) return 3;
+    const size_t pixels = (size_t)C * Hp * Wp, gpixels = (size_t)O * OH * OW;
     float *xt = (float *)aligned_alloc(64, sizeof(float) * (pixels + gpixels) * NB);
     if (xt == NULL) return 1;
     float *gt = xt + pixels * NB;

@@ -67,6 +67,11 @@ NATIVE_NS, NATIVE_COPY_NS = 0.075, 0.5
 #: live synapses, dense 8.9 ms; the crossover is near 29 %.
 NATIVE_LINEAR_NS, BLAS_LINEAR_NS = 0.075, 0.022
 
+#: Native kernel calls with fewer multiply-adds than this run on one thread: a thread hand-off
+#: costs tens of microseconds, and for LeNet-5 fc1 at 2 % live synapses (0.5 M per call at
+#: batch 64) two threads made a training step slower (2.6 ms against 1.7).
+THREAD_MIN_WORK = 4_000_000
+
 #: Dense (BLAS) path: floats of the patch matrix per chunk of the batch (64 MiB). Few, large
 #: GEMMs: on one core the chunk size hardly matters (LeNet-5 conv2, batch 1000: 78 ms with
 #: 4 MiB chunks, 76 ms with 64 MiB), but multi-threaded OpenBLAS pays a synchronisation per
@@ -224,6 +229,7 @@ class ConvWeights:
         self._c = np.asarray(indices, dtype=np.int64)[k]
         self._ky, self._kx = ky, kx
         self._vals = np.asarray(kernels, dtype=np.float32)[k, ky, kx]
+        self._syn_ptr = row_pointers(self._rows, o)  # the native kernel's synapses per map
         self._shifted: list | None = None
         self._full = None
         self._offsets: dict[tuple[int, int], np.ndarray] = {}
@@ -240,9 +246,7 @@ class ConvWeights:
         if key not in self._offsets:
             chan = self._c if in_index is None else np.asarray(in_index)[self._c]
             self._offsets[key] = ((chan * h + self._ky) * w + self._kx).astype(np.int32)
-        counts = np.bincount(self._rows, minlength=self.out_channels)
-        syn_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        return syn_ptr, self._offsets[key], self._vals
+        return self._syn_ptr, self._offsets[key], self._vals
 
     def buffers(self, rsize: int, ysize: int, slack: int) -> tuple[np.ndarray, np.ndarray]:
         """Row and output buffers of at least these sizes, kept for the next call.
@@ -300,6 +304,11 @@ def _pad_chwn(x: np.ndarray, padding: int) -> np.ndarray:
     return xp
 
 
+def row_pointers(rows: np.ndarray, count: int) -> np.ndarray:
+    """int32 CSR pointers (count + 1,) of entries sorted by ``rows`` (values 0 .. count - 1)."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
+
+
 def _batch_slices(n: int, tile: int, threads: int) -> list[tuple[int, int]]:
     """[n0, n1) ranges of about equal size for the threads, cut at multiples of ``tile``."""
     tiles = -(-n // tile)
@@ -312,7 +321,7 @@ def _native_call(n: int, work: int, call) -> None:
     """Run ``call(n0, n1)`` over the batch, on the thread pool when there is enough work
     (``work``: multiply-adds of the whole batch)."""
     tile = native.load().tile
-    threads = get_num_threads() if work > 4_000_000 else 1
+    threads = get_num_threads() if work > THREAD_MIN_WORK else 1
     _run_parallel(lambda part: call(*part), _batch_slices(n, tile, threads))
 
 

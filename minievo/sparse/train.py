@@ -74,10 +74,10 @@ class _Plan:
         idx = np.nonzero(live)  # sorted by output map / neuron first
         self.index = idx
         self.synapses = len(idx[0])
-        self.syn_ptr = _pointers(idx[0], self.shape[0])
+        self.syn_ptr = cpu.row_pointers(idx[0], self.shape[0])
         # the same synapses grouped by input map / feature, for the input gradient
         self.perm = np.argsort(idx[1], kind="stable")
-        self.syn_ptr_t = _pointers(idx[1][self.perm], self.shape[1])
+        self.syn_ptr_t = cpu.row_pointers(idx[1][self.perm], self.shape[1])
         self._off: dict = {}
 
     def offsets(self, key, build):
@@ -85,15 +85,6 @@ class _Plan:
             self._off[key] = build().astype(np.int32)
         return self._off[key]
 
-
-def _pointers(rows: np.ndarray, count: int) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
-
-
-#: Multiply-adds below which a kernel call runs on one thread: for LeNet-5 fc1 at 2 % live
-#: synapses (0.5 M per call at batch 64) two threads made a training step slower (2.6 ms
-#: against 1.7), as the hand-offs cost more than they share.
-THREAD_MIN_WORK = 4_000_000
 
 #: Training takes the sparse path ("auto") only below these fractions of live synapses, on top
 #: of the inference cost model. Measured per layer, batch 64, forward + backward, 2 cores
@@ -109,7 +100,7 @@ def _parts(n: int, syn_ptr: np.ndarray, work: int, tile: int) -> list[tuple[int,
     has enough tiles, else groups of output maps with about equal synapse counts (a training
     batch of 64 is a single tile)."""
     maps = len(syn_ptr) - 1
-    threads = cpu.get_num_threads() if work > THREAD_MIN_WORK else 1
+    threads = cpu.get_num_threads() if work > cpu.THREAD_MIN_WORK else 1
     batch = cpu._batch_slices(n, tile, threads)
     if len(batch) >= threads or maps < 2:
         return [(a, b, 0, maps) for a, b in batch]
