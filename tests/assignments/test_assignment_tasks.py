@@ -248,7 +248,7 @@ def _im2col_by_loops(x, kh, kw, stride, padding):
     rows = []
     for b, p, q in itertools.product(range(n), range(oh), range(ow)):
         patch = xp[b, :, p * stride : p * stride + kh, q * stride : q * stride + kw]
-        rows.append(patch.transpose(1, 2, 0).reshape(-1))  # columns (i, j, c), c fastest
+        rows.append(patch.reshape(-1))  # columns (c, i, j), row-major
     return np.array(rows), (oh, ow)
 
 
@@ -294,7 +294,7 @@ def _col2im_by_loops(dcols, x_shape, kh, kw, stride, padding, oh, ow):
     n, c, h, w = x_shape
     dx = np.zeros((n, c, h + 2 * padding, w + 2 * padding))
     for b, p, q, i, j in itertools.product(range(n), range(oh), range(ow), range(kh), range(kw)):
-        dx[b, :, p * stride + i, q * stride + j] += dcols[b, p, q, i, j, :]
+        dx[b, :, p * stride + i, q * stride + j] += dcols[b, p, q, :, i, j]
     return dx[:, :, padding : padding + h, padding : padding + w]
 
 
@@ -304,10 +304,11 @@ def test_col2im_adds_every_patch_gradient_back(case):
     n, c, h, w, kh, kw, stride, padding = case
     oh = (h + 2 * padding - kh) // stride + 1
     ow = (w + 2 * padding - kw) // stride + 1
-    dcols = _rng(2).normal(size=(n, oh, ow, kh, kw, c))
-    dx = col2im(dcols, (n, c, h, w), kh, kw, stride, padding, oh, ow)
+    dcols = _rng(2).normal(size=(n * oh * ow, c * kh * kw))
+    dx = col2im(dcols, (n, c, h, w), kh, kw, stride, padding)
     assert dx.shape == (n, c, h, w)
-    expected = _col2im_by_loops(dcols, (n, c, h, w), kh, kw, stride, padding, oh, ow)
+    expected = _col2im_by_loops(dcols.reshape(n, oh, ow, c, kh, kw), (n, c, h, w), kh, kw,
+                                stride, padding, oh, ow)
     np.testing.assert_allclose(np.asarray(dx), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -318,8 +319,7 @@ def test_col2im_is_the_adjoint_of_im2col_by_loops():
     x = _rng(3).normal(size=(n, c, h, w))
     cols, (oh, ow) = _im2col_by_loops(x, kh, kw, stride, padding)
     d = _rng(4).normal(size=cols.shape)
-    dcols = d.reshape(n, oh, ow, kh, kw, c)
-    dx = col2im(dcols, x.shape, kh, kw, stride, padding, oh, ow)
+    dx = col2im(d, x.shape, kh, kw, stride, padding)
     np.testing.assert_allclose(float((cols * d).sum()), float((x * np.asarray(dx)).sum()))
 
 
