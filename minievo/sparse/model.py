@@ -38,8 +38,8 @@ from minievo.sparse.layers import (
     Identity,
     MaxPool,
     ReLU,
-    _batch_first,
-    _unwrap,
+    batch_first,
+    unwrap,
 )
 
 SUPPORTED = (L.Conv2d, L.Linear, L.MaxPool2d, L.ReLU, L.Flatten, L.Dropout)
@@ -270,7 +270,7 @@ class CompactModel:
     # ----- running ---------------------------------------------------------------------------
     def to(self, name: str) -> CompactModel:
         """Move the compact layers to backend ``name``; returns self."""
-        name = backend._check_name(name)
+        name = backend.check_name(name)
         for step in self.steps:
             if hasattr(step, "to"):
                 step.to(name)
@@ -304,7 +304,7 @@ class CompactModel:
         Returns:
             The output array, (N, *output_shape), on the backend of x.
         """
-        x = _unwrap(x)
+        x = unwrap(x)
         self._check_input(x)
         xp = get_array_module(x)
         n = x.shape[0]
@@ -357,7 +357,7 @@ class CompactModel:
             if index.size:
                 full[index] = h
             h = full
-        return _batch_first(h)
+        return batch_first(h)
 
     __call__ = forward
 
@@ -377,7 +377,7 @@ class CompactModel:
 
     def predict(self, x, batch_size: int = 1000):
         """Class indices (argmax of the outputs), computed in batches."""
-        x = _unwrap(x)
+        x = unwrap(x)
         xp = get_array_module(x)
         outs = [self.forward(x[i : i + batch_size]).argmax(axis=1)
                 for i in range(0, x.shape[0], batch_size)]

@@ -71,6 +71,12 @@ def max_pool2d(x, kernel_size: int, stride: int | None = None) -> np.ndarray:
     return y
 
 
+def row_pointers(rows: np.ndarray, count: int) -> np.ndarray:
+    """int32 CSR row pointers (count + 1,) of entries sorted by ``rows`` (values 0 .. count - 1):
+    row r owns entries ptr[r] .. ptr[r + 1] - 1."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
+
+
 def relu(x) -> np.ndarray:
     return np.maximum(x, 0)
 
@@ -89,9 +95,8 @@ def kernel_csr(weight, mask):
     o, c, kh, kw = w.shape
     live = (np.asarray(mask) != 0).reshape(o, c, kh * kw).any(axis=2)
     rows, cols = np.nonzero(live)  # row-major: sorted by o, then i
-    indptr = np.zeros(o + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=o), out=indptr[1:])
-    return indptr, cols.astype(np.int32), np.ascontiguousarray(w[rows, cols], dtype=np.float32)
+    kernels = np.ascontiguousarray(w[rows, cols], dtype=np.float32)
+    return row_pointers(rows, o), cols.astype(np.int32), kernels
     # END SOLUTION
 
 
