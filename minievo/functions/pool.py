@@ -1,4 +1,4 @@
-"""Max pooling, the reference version: every window as a row, its maximum and where it was.
+"""Max pooling, the reference version: the maximum of every window, and where it was.
 
 Shapes: x (N, C, H, W) -> y (N, C, OH, OW), OH = (H - k) // stride + 1 (likewise OW).
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from minievo.autograd import Function
 from minievo.backend import get_array_module
-from minievo.functions.conv import as_strided, conv_output_size
+from minievo.functions.conv import conv_output_size
 
 
 def check_pool_args(x, k: int, stride: int) -> tuple[int, int]:
@@ -26,13 +26,27 @@ def check_pool_args(x, k: int, stride: int) -> tuple[int, int]:
     return conv_output_size(x.shape[2], k, stride, 0), conv_output_size(x.shape[3], k, stride, 0)
 
 
-def pool_windows(x, k: int, stride: int):
-    """The k x k windows of x (N, C, H, W) as an (N, C, OH, OW, k*k) array (one copy)."""
-    n, c, h, w = x.shape
-    oh, ow = conv_output_size(h, k, stride, 0), conv_output_size(w, k, stride, 0)
-    sn, sc, sh, sw = x.strides
-    view = as_strided(x, (n, c, oh, ow, k, k), (sn, sc, sh * stride, sw * stride, sh, sw))
-    return view.reshape(n, c, oh, ow, k * k)
+def max_pool(x, k: int, stride: int):
+    """The maximum of every k x k window over the last two axes of x, and where it was.
+
+    Returns (y, argmax): y[..., p, q] = max over 0 <= i, j < k of x[..., p*s + i, q*s + j],
+    and argmax[..., p, q] = i*k + j of the first maximum in row-major order. One pass per
+    offset (i, j) over the strided view of the pixels at that offset of every window.
+    """
+    xp = get_array_module(x)
+    oh = conv_output_size(x.shape[-2], k, stride, 0)
+    ow = conv_output_size(x.shape[-1], k, stride, 0)
+    y = argmax = None
+    for i in range(k):
+        for j in range(k):
+            v = x[..., i : i + stride * oh : stride, j : j + stride * ow : stride]
+            if y is None:
+                y, argmax = v.copy(), xp.zeros(v.shape, dtype=xp.int64)
+                continue
+            better = v > y  # strictly greater: on a tie the earlier position stays
+            y = xp.where(better, v, y)
+            argmax = xp.where(better, i * k + j, argmax)
+    return y, argmax
 
 
 class MaxPool2d(Function):
@@ -46,10 +60,9 @@ class MaxPool2d(Function):
         k = kernel_size
         s = k if stride is None else stride
         check_pool_args(x, k, s)
-        windows = pool_windows(x, k, s)
-        self.argmax = windows.argmax(axis=-1)  # the first maximum, row-major in the window
+        y, self.argmax = max_pool(x, k, s)
         self.x_shape, self.k, self.s = x.shape, k, s
-        return windows.max(axis=-1)
+        return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
