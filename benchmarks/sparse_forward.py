@@ -12,7 +12,8 @@ with the ratio of multiply-accumulates (dense / executed) beside the ratio of ti
 * ``--model-checkpoint PATH``: an evolved model (a lineage ``model.npz`` or a ``minievo train``
   checkpoint) is measured the same way;
 * ``--synthesize``: an evolution-like LeNet-5 made here by repeated evolutionary synthesis
-  (METHOD.md, no retraining between generations) until it reaches ``--target-efficiency``;
+  (docs/method.md#sampling, no retraining between generations) until it reaches
+  ``--target-efficiency``;
 * ``--sweep``: every CPU path (native, csr, dense) at every density, the measurement behind
   the cost models in :mod:`minievo.sparse.cpu`;
 * ``--backend cupy``: on a GPU, the RawKernels against the dense CuPy path and against

@@ -127,7 +127,7 @@ save(fig, "07_kernel_csr.png")
 # ## 3. `compact(model)`: removing dead structure
 #
 # `sparse.compact` applies this to a whole model, and first removes every piece of *dead
-# structure* (METHOD.md section 5): an output map or neuron with no live incoming synapse
+# structure* (docs/method.md#dead-structure): an output map or neuron with no live incoming synapse
 # computes a constant, so the synapses that read it do no work either. The compact model
 # folds those constants into the next layer's bias, drops the dead maps and neurons, and
 # re-indexes what remains. Its forward pass must equal the masked dense forward to float

@@ -1,4 +1,4 @@
-"""What is recorded per generation (METHOD.md section 5): synapses, clusters, efficiencies, MACs.
+"""What is recorded per generation (docs/method.md#recorded): synapses, clusters, efficiency, MACs.
 
 Three sets of counts are kept for every prunable layer and for the whole model:
 

@@ -1,6 +1,6 @@
 """compact(model): a masked Sequential model with its dead structure removed, and back.
 
-What "dead" means (METHOD.md section 5): a filter or neuron with no live incoming synapse
+What "dead" means (docs/method.md#dead-structure): a filter or neuron with no live incoming synapse
 produces a constant (its bias, then whatever ReLU / pooling make of it), and the synapses that
 read it add a constant to the next layer. The compact model keeps that behaviour exactly:
 

@@ -1,6 +1,6 @@
 """Counts of a compact model: synapses, clusters, multiply-accumulates per image.
 
-Two sets of counts, as METHOD.md section 5 asks:
+Two sets of counts, as docs/method.md#recorded asks:
 
 * *sampled*: what the masks hold (every synapse with mask 1, every cluster with one such
   synapse);

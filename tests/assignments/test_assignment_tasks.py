@@ -417,7 +417,7 @@ def _encoding(weight_shape, granularity, seed, protect=False):
 
 
 def _expected_mask(enc, env, seed, ancestor_mask=None):
-    """The draw order of METHOD.md: one uniform per cluster, then one per synapse."""
+    """The draw order of docs/method.md#sampling: one uniform per cluster, then one per synapse."""
     rng = _rng(seed)
     if enc.protect_clusters:
         keep_c_prob = np.ones(enc.cluster_probability.shape)
