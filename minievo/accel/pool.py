@@ -67,11 +67,10 @@ class MaxPool2d(Function):
         xp = get_array_module(x)
         k = kernel_size
         s = k if stride is None else stride
-        check_pool_args(x, k, s)
+        oh, ow = check_pool_args(x, k, s)
         if k > 127:  # window positions are stored as int8
             raise ValueError(f"max_pool2d: the accelerated pool needs kernel_size <= 127, got {k}")
         n, c, h, w = x.shape
-        oh, ow = (h - k) // s + 1, (w - k) // s + 1
         xh = x.transpose(0, 2, 3, 1)  # (N, H, W, C): channels-last data is contiguous here
         row_max, self.col_pos = _running_max(_window_views(xh, 2, k, s, ow), xp)  # (N,H,OW,C)
         y, self.row_pos = _running_max(_window_views(row_max, 1, k, s, oh), xp)  # (N,OH,OW,C)

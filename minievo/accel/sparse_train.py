@@ -40,6 +40,7 @@ import numpy as np
 from minievo import functions as F
 from minievo.accel import conv as nhwc
 from minievo.autograd import Function, Tensor
+from minievo.functions.conv import conv_output_size
 from minievo.kernels import native
 from minievo.sparse import cpu
 
@@ -168,7 +169,7 @@ class SparseConv2d(Function):
         n, _, h, wd = x.shape
         p = padding
         hp, wp = h + 2 * p, wd + 2 * p
-        oh, ow = hp - kh + 1, wp - kw + 1
+        oh, ow = conv_output_size(h, kh, 1, p), conv_output_size(wd, kw, 1, p)
         _, ci, ky, kx = plan.index
         off = plan.offsets(("fwd", hp, wp), lambda: (ci * hp + ky) * wp + kx)
         vals = np.ascontiguousarray(w[plan.index], dtype=np.float32)

@@ -434,9 +434,7 @@ class MaxPool:
         xp = get_array_module(x)
         k, s = self.kernel_size, self.stride
         h, w = x.shape[1:3]
-        oh, ow = (h - k) // s + 1, (w - k) // s + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"max pooling window {k} does not fit maps of {h}x{w}")
+        oh, ow = conv_output_hw(h, w, k, k, s, 0)
         out = None
         for i in range(k):
             for j in range(k):

@@ -76,10 +76,7 @@ def _out_shape(layer, shape: tuple) -> tuple:
             raise ValueError(f"{layer!r} needs (C, H, W) input, got {shape}")
         k = layer.kernel_size
         s = layer.stride or k
-        oh, ow = (shape[1] - k) // s + 1, (shape[2] - k) // s + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{layer!r} does not fit input {shape}")
-        return (shape[0], oh, ow)
+        return (shape[0], *ref.conv_output_hw(shape[1], shape[2], k, k, s, 0))
     if isinstance(layer, L.Flatten):
         return (int(np.prod(shape)),)
     return shape
