@@ -337,8 +337,7 @@ def _conv_native(x, weights: ConvWeights, bias, stride, padding, oh, ow, bias_ma
     kernel = native.load()
     c, h, w, n = x.shape
     syn_ptr, off, vals = weights.native_arrays(h + 2 * padding, w + 2 * padding, in_index)
-    shape = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
-                                           (ow - pool[0]) // pool[1] + 1)
+    shape = (oh, ow) if pool is None else conv_output_hw(oh, ow, pool[0], pool[0], pool[1], 0)
     if out is None:
         out = np.empty((weights.out_channels, *shape, n), dtype=np.float32)
     bias = np.ascontiguousarray(bias, dtype=np.float32)
