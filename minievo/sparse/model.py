@@ -527,7 +527,7 @@ def compact(model, input_shape: tuple | None = None, method: str = "auto") -> Co
     return cm.to(_model_backend(leaves))
 
 
-def _dense_weights(cm: CompactModel, j: int) -> tuple[np.ndarray, np.ndarray]:
+def dense_weights(cm: CompactModel, j: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight, mask) of prunable layer j of the original model, rebuilt exactly."""
     src = cm.sources[j]
     w = np.zeros(src.shape, np.float32)
@@ -554,7 +554,7 @@ def expand(cm: CompactModel, backend_name: str | None = None):
         op = spec["op"]
         if op in ("conv", "linear"):
             src = cm.sources[j]
-            w, m = _dense_weights(cm, j)
+            w, m = dense_weights(cm, j)
             if op == "conv":
                 o, c, k, _ = src.shape
                 layer = L.Conv2d(c, o, k, stride=src.stride, padding=src.padding,
