@@ -48,7 +48,11 @@ def disable() -> None:
 
 
 def enabled() -> bool:
-    """True when the layers use the accelerated ops (the public query, e.g. for run configs)."""
+    """True when the layers use the accelerated ops (the public query, e.g. for run configs).
+
+    Library code that must not import this package (see tests/test_import_side_effects.py) can
+    read the same fact as ``minievo.layers.ops.name`` ("reference" or "accel").
+    """
     return layers.ops is OPS
 
 
