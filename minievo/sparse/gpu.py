@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minievo.backend import get_array_module, is_cupy_array
+from minievo.backend import get_array_module
 from minievo.sparse.reference import conv_output_hw
 
 CONV_FILE, CONV_KERNEL = "sparse_conv2d.cu", "cluster_sparse_conv2d_forward"
