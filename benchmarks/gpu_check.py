@@ -436,9 +436,13 @@ def cmd_summary(args) -> int:
             parts = line.split("\t")
             if len(parts) >= 5:
                 steps.append(parts[:5])
-    parts = [head.rstrip(), "## Steps", "",
+    parts = [head.rstrip(), "", "## Steps", "",
              table(["step", "status", "seconds", "limit s", "log"], steps)]
+    tests_heading = False
     for path in sorted((out / "sections").glob("*.md")):
+        if path.name.startswith("20_tests") and not tests_heading:
+            parts += ["", "## Test runs on the GPU (pytest -m gpu, and under compute-sanitizer)"]
+            tests_heading = True
         parts += ["", path.read_text().rstrip()]
     (out / "summary.md").write_text("\n".join(parts).lstrip() + "\n")
     print(f"wrote {out / 'summary.md'}")
