@@ -210,6 +210,10 @@ def cmd_bench(args) -> int:
         conv1x1 = L.Sequential(L.Conv2d(300, 64, 1)).to("cupy")  # every input map live
         record("1x1 conv, 300 live maps", conv1x1, (300, 8, 8))
     report = bench_report(rows)
+    try:
+        report += "\n\n" + layout_report(cp, rng)
+    except Exception as exc:
+        failures.append(f"- layouts: {type(exc).__name__}: {exc}")
     if failures:
         report += "\n\nCases that failed:\n" + "\n".join(failures)
     section(out, "30_bench", report)
@@ -241,6 +245,45 @@ def bench_report(rows: list[dict]) -> str:
         lines.append(f"- finding: on {r['case']} at batch {r['batch']} the RawKernel path is "
                      f"slower than dense CuPy ({r['rawkernel_ms']} ms vs {r['dense_ms']} ms).")
     return "\n".join(lines)
+
+
+def layout_report(cp, rng, n: int = 10000) -> str:
+    """The RawKernels on their batch-first layouts (NCHW, NF: neighbouring threads read addresses
+    a whole image apart) against the batch-last ones the compact model uses (CHWN, FN:
+    neighbouring threads read neighbouring addresses), at batch ``n``."""
+    from minievo.kernels import get_kernel
+    from minievo.sparse import gpu
+    from minievo.sparse import reference as ref
+
+    conv = get_kernel(gpu.CONV_FILE, gpu.CONV_KERNEL)
+    linear = get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL)
+    w = rng.standard_normal((50, 20, 5, 5)).astype(np.float32)
+    live = (rng.random((50, 20)) < 0.3)[:, :, None, None] * np.ones((1, 1, 5, 5), np.float32)
+    csr = [cp.asarray(a) for a in ref.kernel_csr(w, live)]
+    bias = cp.zeros(50, cp.float32)
+    x = cp.asarray(rng.standard_normal((n, 20, 12, 12)).astype(np.float32))
+    x_bl = cp.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    times = [gpu_time(lambda a=a, lay=lay: gpu.launch_conv2d(conv, a, *csr, bias, layout=lay,
+                                                             csr_checked=True), cp)
+             for a, lay in ((x, "NCHW"), (x_bl, "CHWN"))]
+    wl = rng.standard_normal((500, 800)).astype(np.float32) * (rng.random((500, 800)) < 0.05)
+    rows, cols = np.nonzero(wl)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=500))]).astype(np.int32)
+    lin = [cp.asarray(a) for a in (indptr, cols.astype(np.int32), wl[rows, cols])]
+    xf = cp.asarray(rng.standard_normal((n, 800)).astype(np.float32))
+    xf_bl = cp.ascontiguousarray(xf.T)
+    bias = cp.zeros(500, cp.float32)
+    times += [gpu_time(lambda a=a, lay=lay: gpu.launch_linear(linear, a, *lin, bias, layout=lay,
+                                                              csr_checked=True), cp)
+              for a, lay in ((xf, "NF"), (xf_bl, "FN"))]
+    return ("## Kernel layouts (review item 6), batch " + f"{n:,}\n\n" + table(
+        ["kernel", "batch-first ms", "batch-last ms", "batch-first / batch-last"],
+        [["conv 20->50 5x5, 30% kernels (NCHW vs CHWN)", f"{times[0] * 1e3:.3f}",
+          f"{times[1] * 1e3:.3f}", f"{times[0] / times[1]:.2f}x"],
+         ["linear 800->500, 5% synapses (NF vs FN)", f"{times[2] * 1e3:.3f}",
+          f"{times[3] * 1e3:.3f}", f"{times[2] / times[3]:.2f}x"]])
+        + "\n\nThe compact model always runs the batch-last layouts; the batch-first ones are "
+          "only reached by direct calls of minievo.sparse.gpu.launch_*.")
 
 
 def _cupy_reason() -> str:

@@ -157,6 +157,7 @@ def test_bench_without_a_gpu_says_so(tmp_path, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not backend.cupy_available(), reason="no CuPy with a GPU")
 def test_bench_measures_three_paths_that_agree():
+    from minievo import layers as L
     from minievo import models
     from minievo.sparse.synthetic import set_random_masks
 
@@ -167,3 +168,8 @@ def test_bench_measures_three_paths_that_agree():
     row = gpu_check.measure("lenet5 10%", model, x, cp)  # raises if the outputs differ
     assert row["batch"] == 3 and row["mac_ratio"] > 3
     assert row["dense_ms"] > 0 and row["rawkernel_ms"] > 0 and row["cupyx_ms"] > 0
+    conv = L.Sequential(L.Conv2d(300, 8, 1)).to("cupy")
+    xc = cp.asarray(rng.standard_normal((5, 300, 4, 4)).astype(np.float32))
+    assert gpu_check.measure("1x1", conv, xc, cp)["mac_ratio"] == 1.0
+    text = gpu_check.layout_report(cp, rng, n=64)
+    assert "NCHW vs CHWN" in text and "NF vs FN" in text
