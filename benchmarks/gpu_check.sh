@@ -7,7 +7,8 @@
 # Steps, in order, each under its own time limit (seconds; a step also never runs past the
 # whole budget, default 460 s, so the script ends within 8 minutes):
 #   env         nvidia-smi                                                         20
-#   install     pip install -e ".[gpu,test]", only when CuPy or pytest is missing   150
+#   install     pip install -e ".[gpu,test]" when CuPy is missing (pytest and       150
+#               hypothesis alone when only they are)
 #   doctor      minievo doctor (versions, CUDA, PTX compile of every kernel)         60
 #   data        minievo data fetch mnist, only when no MNIST folder is found         60
 #   selfcheck   the committed generation 12/13 networks load and compact             60
@@ -139,10 +140,12 @@ fi
 
 # ----- install what is missing (never when CuPy is there: the image may hold cupy-cuda13x) ---
 if [ $DRY -eq 0 ]; then
-    if "$PY" -c "import cupy, pytest, numpy, scipy" >/dev/null 2>&1; then
-        skip_step install "CuPy, pytest, NumPy and SciPy are installed"
-    else
+    if ! "$PY" -c "import cupy, numpy, scipy" >/dev/null 2>&1; then
         run_step install 150 "$PY" -m pip install -q -e ".[gpu,test]"
+    elif ! "$PY" -c "import pytest, hypothesis" >/dev/null 2>&1; then
+        run_step install 150 "$PY" -m pip install -q pytest hypothesis
+    else
+        skip_step install "CuPy, NumPy, SciPy, pytest and hypothesis are installed"
     fi
     if ! "$PY" -c "import sys; from minievo import backend; sys.exit(0 if backend.cupy_available() else 1)" \
             >"$LOGS/cupy_check.log" 2>&1; then
