@@ -28,6 +28,10 @@ DENSITIES = [0.01, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 @pytest.fixture(scope="session")
 def emu_cache():
+    """Every emulator fixture needs this one: without g++ they all skip (the cupy runner and
+    the GPU-only tests do not use them)."""
+    if NO_GPP:
+        pytest.skip("g++ is not installed: the CUDA emulation needs it")
     # The default cache ($MINIEVO_EMU_CACHE or the temp dir): builds are keyed by a hash of the
     # sources and flags, so a rerun skips the ~2 s g++ build of every module.
     return emulate.default_cache_dir()
@@ -49,8 +53,6 @@ def no_sanitizer(name: str) -> None:
 
 def sanitized(module):
     """The module; under MINIEVO_REQUIRE_SANITIZERS=1 it must have been built with ASan."""
-    if NO_GPP:
-        pytest.skip("g++ is not installed: the CUDA emulation needs it")
     if module.sanitizer != "address" and REQUIRE_SANITIZERS:
         no_sanitizer("AddressSanitizer")
     return module
@@ -533,8 +535,6 @@ def test_out_of_bounds_write_is_caught(test_module):
 
 @pytest.fixture(scope="session")
 def tsan(tmp_path_factory, emu_cache):
-    if NO_GPP:
-        pytest.skip("g++ is not installed: the CUDA emulation needs it")
     src = tmp_path_factory.mktemp("cu-tsan") / "emu_checks.cu"
     src.write_text(TEST_KERNELS)
     module = emulate.EmulatedModule(src, sanitize="thread", cache_dir=emu_cache)
