@@ -321,7 +321,16 @@ def pytest_counts(log: Path, junit: Path | None) -> dict:
                     key = {"error": "errors", "errors": "errors"}.get(bits[1], bits[1])
                     if key in counts:
                         counts[key] = int(bits[0])
-            break
+            return counts
+    # No summary line (the run was stopped): count the verdicts of `pytest -v` so far.
+    words = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped"}
+    for line in text.splitlines():
+        if "::" in line:
+            for word, key in words.items():
+                if f" {word}" in line:
+                    counts[key] += 1
+                    break
+    counts["stopped early"] = True
     return counts
 
 
@@ -347,6 +356,8 @@ def cmd_tests(args) -> int:
     counts = pytest_counts(log, Path(args.junit) if args.junit else None)
     line = (f"- {args.name}: {counts['passed']} passed, {counts['failed']} failed, "
             f"{counts['errors']} errors, {counts['skipped']} skipped")
+    if counts.get("stopped early"):
+        line += " before the run was stopped (no pytest summary)"
     errors = sanitizer_errors(log)
     if errors is not None:
         line += f"; compute-sanitizer: {errors} error(s)"

@@ -199,7 +199,11 @@ fi
     echo "# minievo GPU check, $STAMP"
     echo
     echo "- GPU: ${GPU_NAME:-none ($WHY)}"
-    echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    if command -v git >/dev/null 2>&1 && git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+        echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' (with uncommitted changes)')"
+    else
+        echo "- commit: unknown (no git repository here)"
+    fi
     echo "- python: $("$PY" -c 'import sys; print(sys.version.split()[0])' 2>/dev/null); cupy: $("$PY" -c 'import cupy; print(cupy.__version__)' 2>/dev/null || echo 'not importable')"
     echo "- host: $(uname -srm), $(nproc 2>/dev/null || echo '?') CPUs"
     echo "- data: $DATA_NOTE"
@@ -222,7 +226,7 @@ else
         --backend numpy --no-progress --out "$RESULTS/evolve_numpy" "${DATA_ARGS[@]}" &
     CPU_EVOLVE=$!
 
-    run_step tests_gpu 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfE \
+    run_step tests_gpu 150 "$PY" -m pytest -v -p no:cacheprovider -m gpu -rfE \
         --junitxml="$RESULTS/tests_gpu.xml"
     "$PY" benchmarks/gpu_check.py tests --out "$RESULTS" tests_gpu "$LOGS/tests_gpu.log" \
         "$RESULTS/tests_gpu.xml"
@@ -238,7 +242,7 @@ else
             return
         fi
         run_step "$1" "$2" "$SANITIZER" --tool "$1" --error-exitcode 99 --print-limit 20 \
-            "$PY" -m pytest -q -p no:cacheprovider -m gpu -k "not 10000" "${SANITIZE_TESTS[@]}"
+            "$PY" -m pytest -v -p no:cacheprovider -m gpu -k "not 10000" "${SANITIZE_TESTS[@]}"
         "$PY" benchmarks/gpu_check.py tests --out "$RESULTS" "$1" "$LOGS/$1.log"
     }
     sanitize memcheck 75

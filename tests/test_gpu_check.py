@@ -77,6 +77,10 @@ def test_pytest_counts_from_junit_and_from_the_last_line(tmp_path):
     assert gpu_check.pytest_counts(log, junit) == expected
     assert gpu_check.pytest_counts(log, None) == {"passed": 15, "failed": 2, "errors": 1,
                                                  "skipped": 3}
+    log.write_text("tests/a.py::test_x[cupy] PASSED   [ 1%]\ntests/a.py::test_y FAILED  [ 2%]\n"
+                   "tests/b.py::test_z[cupy] SKIPPED (no GPU)  [ 3%]\n")  # stopped mid-run
+    assert gpu_check.pytest_counts(log, None) == {"passed": 1, "failed": 1, "errors": 0,
+                                                 "skipped": 1, "stopped early": True}
     log.write_text("========= ERROR SUMMARY: 0 errors\n3 passed in 2.0s\n"
                    "========= ERROR SUMMARY: 4 errors\n")
     assert gpu_check.sanitizer_errors(log) == 4
