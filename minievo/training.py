@@ -65,8 +65,9 @@ class ProgressBar:
             return time.perf_counter() - self._last_draw >= self.redraw_seconds
         return 10 * done // self.total != self._last_decile
 
-    def update(self, n: int = 1, **info) -> None:
-        draw = self.due(n)
+    def update(self, n: int = 1, draw: bool | None = None, **info) -> None:
+        """Advance by ``n`` and redraw when due; ``draw``: the caller's :meth:`due` answer."""
+        draw = self.due(n) if draw is None else draw
         self.done += n
         if not draw:
             return
@@ -321,11 +322,11 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
                 checkpoint_due = (checkpoint_path and checkpoint_seconds is not None
                                   and time.monotonic() - last_save > checkpoint_seconds
                                   and state.step_in_epoch < n_batches)
-                if sums.batches and (bar.due() or checkpoint_due
-                                     or state.step_in_epoch == n_batches
+                draw = bar.due()
+                if sums.batches and (draw or checkpoint_due or state.step_in_epoch == n_batches
                                      or (every and sums.batches >= every)):
                     _absorb(state, sums, epoch, checkpoint_path)
-                bar.update(loss=state.loss_sum / max(state.seen, 1),
+                bar.update(draw=draw, loss=state.loss_sum / max(state.seen, 1),
                            lr=float(optimizer.lr))
                 if checkpoint_due:
                     state.train_seconds += time.perf_counter() - t0
