@@ -63,6 +63,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+case "$BUDGET" in
+    ''|*[!0-9]*) echo "gpu_check: --budget must be a number of seconds, got '$BUDGET'" >&2; exit 2 ;;
+esac
+
 STAMP="$(date -u +%Y-%m-%dT%H%MZ)"
 if [ -n "${OUT:-}" ]; then
     # $OUT (the device tool's folder) brings back 8 files at most: work elsewhere, and leave

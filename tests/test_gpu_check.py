@@ -58,10 +58,13 @@ def test_dry_run_leaves_a_summary_and_few_files_in_out(dry_run):
     assert "./logs/doctor.log" in names and "./summary.md" in names
 
 
-def test_unknown_argument_is_refused():
-    proc = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 2 and "unknown argument --bogus" in proc.stderr
+@pytest.mark.parametrize("args,message", [(["--bogus"], "unknown argument --bogus"),
+                                          (["--budget", "5m"], "--budget must be a number")])
+def test_bad_arguments_are_refused(args, message, tmp_path):
+    proc = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          env=dict(os.environ, OUT=str(tmp_path)), timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything ran
 
 
 # ----- the reports ----------------------------------------------------------------------------
