@@ -109,6 +109,19 @@ def test_fit_reads_the_sums_once_per_epoch_when_told_and_gets_the_same_history(m
     assert reads == [3, 3, 2]
 
 
+@pytest.mark.gpu
+@no_gpu
+def test_on_a_gpu_the_sums_are_read_once_per_epoch_by_default(monkeypatch):
+    reads = count_reads(monkeypatch)
+    model = mlp().to("cupy")
+    state = fit(model, digits("cupy"), 2)
+    assert reads == [8, 8]
+    host = fit(mlp(), digits(), 2)
+    for a, b in zip(state.history, host.history):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+        assert abs(a["train_accuracy"] - b["train_accuracy"]) <= 2 / 256
+
+
 def test_deferred_nan_loss_names_its_own_batch(monkeypatch, tmp_path):
     path = tmp_path / "run.npz"
     model = mlp()
