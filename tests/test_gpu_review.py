@@ -118,7 +118,7 @@ def test_on_a_gpu_the_sums_are_read_once_per_epoch_by_default(monkeypatch):
     assert reads == [8, 8]
     host = fit(mlp(), digits(), 2)
     for a, b in zip(state.history, host.history):
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
         assert abs(a["train_accuracy"] - b["train_accuracy"]) <= 2 / 256
 
 
