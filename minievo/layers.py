@@ -276,9 +276,16 @@ class Dropout(Module):
             raise ValueError(f"Dropout probability must lie in [0, 1), got {p}")
         self.p = p
         self.rng = np.random.default_rng(seed)
+        self._device_rng = None  # a CuPy generator seeded once from self.rng, on first GPU use
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.rng)
+        rng = self.rng
+        if self.training and self.p > 0 and backend.is_cupy_array(getattr(x, "data", x)):
+            if self._device_rng is None:
+                cp = backend.xp_for("cupy")
+                self._device_rng = cp.random.default_rng(int(self.rng.integers(2**63)))
+            rng = self._device_rng  # masks drawn on the device, never copied from the host
+        return F.dropout(x, self.p, self.training, rng)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"
