@@ -63,6 +63,18 @@ FLAG_SETS = (
     ["-O3", "-std=gnu11", "-fPIC", "-shared"],
 )
 
+#: The flags of a build under AddressSanitizer and UBSan (``MINIEVO_NATIVE_SANITIZE=1``, for
+#: the fuzz test: the process must preload libasan). Part of the cache key like any flags.
+SANITIZE_FLAGS = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
+                  "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-fPIC", "-shared"]
+
+
+def _flag_sets() -> tuple:
+    if os.environ.get("MINIEVO_NATIVE_SANITIZE") == "1":
+        return (SANITIZE_FLAGS,)
+    return FLAG_SETS
+
+
 _f32p = ctypes.POINTER(ctypes.c_float)
 _i32p = ctypes.POINTER(ctypes.c_int32)
 _int = ctypes.c_int
@@ -464,7 +476,7 @@ def _load() -> NativeKernel:
         raise NativeUnavailable(f"{want}; install one (e.g. apt install gcc) for the fast "
                                 "compiled path")
     errors = []
-    for flags in FLAG_SETS:
+    for flags in _flag_sets():
         try:
             path = library_path(cc, flags)
             if os.path.lexists(path) or os.path.lexists(_hash_path(path)):
