@@ -288,6 +288,10 @@ class Lineage:
         """Run (or resume) the lineage; returns the per-generation rows."""
         cfg = self.config
         resume = check_run_dir(self.out, asdict(cfg), "evolve")
+        # the data (and its checks) before the run folder is written to
+        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
+                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
+                                    self.backend)
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume:
             ckpt.atomic_write_text(self.out / "config.json", json.dumps(
@@ -296,9 +300,6 @@ class Lineage:
         if self.rows:
             self.log(f"resuming {self.out}: generations 0..{self.rows[-1]['generation']} "
                      "already finished")
-        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
-                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
-                                    self.backend)
         init_path = self.out / "generation0_init.npz"
         if not init_path.exists():
             init.manual_seed(cfg.seed)
