@@ -762,6 +762,18 @@ def test_catalogue_untrusted_cache_file_is_rebuilt_never_loaded(cache, tmp_path,
     assert stat.S_IMODE(lib.stat().st_mode) & 0o022 == 0
 
 
+def test_a_killed_builds_leftovers_are_removed_by_the_next_build(cache):
+    d, lib = cache
+    old = d / f"{lib.name}.abc123.tmp"
+    young = d / f"{lib.name}.def456.tmp"  # maybe a build under way in another process
+    for p in (old, young):
+        p.write_bytes(b"\0" * 100)
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    lib.unlink()
+    native.load()
+    assert not old.exists() and young.exists()
+
+
 def test_a_hanging_compiler_times_out_and_the_numpy_paths_take_over(tmp_path, monkeypatch,
                                                                      capfd):
     cc = tmp_path / "slowcc"

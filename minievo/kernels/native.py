@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,7 @@ def _sha256(path: Path) -> str:
 def _build(cc: str, flags: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     _check_owned(target.parent, "folder")
+    _remove_stale_builds(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     timeout = build_timeout()
@@ -221,6 +223,18 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Temporary files of builds killed before they finished (older than any build may run;
+    a build under way in another process is younger)."""
+    limit = time.time() - 2 * build_timeout() - 60
+    for p in folder.glob("sparse_cpu-*.tmp"):
+        try:
+            if p.lstat().st_mtime < limit:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def _check_owned(path: Path, what: str) -> os.stat_result:
