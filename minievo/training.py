@@ -234,7 +234,8 @@ def save_training_checkpoint(path, model, optimizer, state: FitState, meta: dict
 
 def load_training_checkpoint(path, model, optimizer=None) -> tuple[FitState, dict]:
     """Restore model (and optimiser) from ``path``; returns (FitState, meta)."""
-    arrays, meta = ckpt.load(path)
+    arrays, meta = ckpt.load(path, expected={f"model/{k}": v.shape
+                                             for k, v in model.state_dict().items()})
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     try:
         model.load_state_dict(model_state)
@@ -242,12 +243,43 @@ def load_training_checkpoint(path, model, optimizer=None) -> tuple[FitState, dic
         raise ckpt.CheckpointError(f"{path}: checkpoint is for another model: {exc}") from exc
     if optimizer is not None:
         opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
-        opt_state.update(meta.get("optim_scalars", {}))
+        scalars = meta.get("optim_scalars", {})
+        if not isinstance(scalars, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in scalars.values()):
+            raise ckpt.CheckpointError(f"{path}: optim_scalars must map names to finite numbers")
+        opt_state.update(scalars)
         if "lr" in opt_state:
-            optimizer.load_state_dict(opt_state)
+            try:
+                optimizer.load_state_dict(opt_state)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ckpt.CheckpointError(f"{path}: optimiser state does not fit: {exc}"
+                                           ) from None
     fs = meta.get("fit_state", {})
+    _check_fit_state(path, fs)
     state = FitState(**{k: fs[k] for k in FitState.__dataclass_fields__ if k in fs})
     return state, meta
+
+
+def _check_fit_state(path, fs) -> None:
+    """The checkpoint's FitState: counts are integers >= 0, sums finite, history a list."""
+    if not isinstance(fs, dict):
+        raise ckpt.CheckpointError(f"{path}: fit_state is not a JSON object")
+    for key in ("epoch", "step_in_epoch", "correct", "seen"):
+        v = fs.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ckpt.CheckpointError(f"{path}: fit_state {key} = {v!r} must be an integer "
+                                       ">= 0")
+    for key in ("train_seconds", "loss_sum"):
+        v = fs.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ckpt.CheckpointError(f"{path}: fit_state {key} = {v!r} must be a finite "
+                                       "number >= 0")
+    history = fs.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history) or (
+            len(history) != fs.get("epoch", 0)):
+        raise ckpt.CheckpointError(f"{path}: fit_state history must hold one object per "
+                                   f"finished epoch ({fs.get('epoch', 0)})")
 
 
 def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loader=None,

@@ -175,9 +175,25 @@ def render(out) -> list[Path]:
     path = out / "lineage.json"
     if not path.exists():
         raise CheckpointError(f"{out}: no lineage.json here; is this a minievo evolve run?")
-    rows = json.loads(path.read_text())["rows"]
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a readable lineage record ({exc!r})") from None
+    if not isinstance(rows, list):
+        raise CheckpointError(f"{path}: 'rows' is not a list")
     if not rows:
         raise CheckpointError(f"{out}: the lineage has no finished generation yet")
+    need = ["generation", "synapses", "test_accuracy", "synaptic_efficiency",
+            "cluster_efficiency_kernel", "cluster_efficiency_filter"]  # what the plots read
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise CheckpointError(f"{path}: row {i} is not a JSON object")
+        missing = [k for k in need if k not in r]
+        bad = [k for k in need if k in r and k != "generation" and (
+            isinstance(r[k], bool) or not isinstance(r[k], int | float))]
+        if missing or bad or not isinstance(r.get("generation"), int):
+            raise CheckpointError(f"{path}: row {i} lacks {missing or 'nothing'}, non-numbers "
+                                  f"in {bad or 'none'}")
     write_tables(out, rows)
     last = out / f"gen_{rows[-1]['generation']:03d}" / "model.npz"
     masks = {}

@@ -448,6 +448,9 @@ class MaxPool:
     def __init__(self, kernel_size: int, stride: int | None = None):
         self.kernel_size = int(kernel_size)
         self.stride = self.kernel_size if stride is None else int(stride)
+        if self.kernel_size < 1 or self.stride < 1:
+            raise ValueError(f"max pooling needs a window and stride >= 1, got "
+                             f"{self.kernel_size}, {self.stride}")
 
     def forward_bl(self, x):
         xp = get_array_module(x)
