@@ -252,7 +252,120 @@ def test_sgd_keeps_masked_weights_at_zero():
 
 
 # ----- task 4.1: im2col --------------------------------------------------------------------------
+IM2COL_CASES = [  # (N, C, H, W, kh, kw, stride, padding)
+    (2, 1, 7, 7, 3, 3, 1, 0),
+    (2, 3, 6, 5, 3, 2, 1, 0),
+    (1, 2, 7, 6, 3, 3, 2, 1),
+    (1, 1, 9, 8, 5, 5, 1, 2),
+]
+IM2COL_HINT = ("Row (n, oh, ow) holds the patch under output pixel (oh, ow) of image n; column "
+               "(c, i, j) is the padded input at [n, c, oh*stride + i, ow*stride + j].")
+
+
+def _conv_words(case) -> str:
+    n, c, h, w, kh, kw, stride, padding = case
+    return (f"x of shape ({n}, {c}, {h}, {w}), a {kh}x{kw} kernel, stride {stride}, "
+            f"padding {padding}")
+
+
+def _out_hw(h, w, kh, kw, stride, padding):
+    return (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+
+
+def _sampled_positions(rng, case, count=40):
+    """Random (n, oh, ow, c, i, j) positions of the patch matrix, and the matrix entry each
+    names: row (n*OH + oh)*OW + ow, column (c*kh + i)*kw + j."""
+    n, c, h, w, kh, kw, stride, padding = case
+    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    dims = (n, oh, ow, c, kh, kw)
+    pos = [tuple(int(rng.integers(0, d)) for d in dims) for _ in range(count)]
+    return [(b, p, q, ch, i, j, (b * oh + p) * ow + q, (ch * kh + i) * kw + j)
+            for b, p, q, ch, i, j in pos]
+
+
+@pytest.mark.task_4_1
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_im2col_shape_and_sampled_entries(case):
+    n, c, h, w, kh, kw, stride, padding = case
+    x = _rng(1).normal(size=(n, c, h, w))
+    chk = Check("4.1", _conv_words(case))
+    cols, out_hw = chk.call(im2col, x, kh, kw, stride, padding)
+    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    chk.equal(tuple(out_hw), (oh, ow), "(OH, OW)", "OH = (H + 2 padding - kh) // stride + 1.")
+    cols = chk.shape(cols, (n * oh * ow, c * kh * kw), "cols",
+                     "One row per output pixel of every image, one column per (c, i, j).")
+    xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    for b, p, q, ch, i, j, row, col in _sampled_positions(_rng(2), case):
+        want = xpad[b, ch, p * stride + i, q * stride + j]
+        chk.true(cols[row, col] == want,
+                 f"cols[{row}, {col}] (image {b}, pixel ({p}, {q}), channel {ch}, tap ({i}, "
+                 f"{j})) = x_padded[{b}, {ch}, {p * stride + i}, {q * stride + j}] = {want:.4g}",
+                 f"{cols[row, col]:.4g}", IM2COL_HINT)
+
+
+@pytest.mark.task_4_1
+def test_conv2d_forward_and_weight_gradient_through_im2col():
+    case = (2, 3, 7, 6, 3, 3, 2, 1)
+    x = Tensor(_rng(2).normal(size=case[:4]))  # no input gradient: col2im is task 4.2
+    w0, b0 = _rng(3).normal(size=(4, 3, 3, 3)), _rng(4).normal(size=(4,))
+    gy = _rng(5).normal(size=(2, 4, 4, 3))
+    w, b = Tensor(w0.copy(), requires_grad=True), Tensor(b0.copy(), requires_grad=True)
+    wr, br = Tensor(w0.copy(), requires_grad=True), Tensor(b0.copy(), requires_grad=True)
+    chk = Check("4.1", "conv2d of " + _conv_words(case) + ", 4 filters, against loops")
+    y = chk.call(conv2d, x, w, b, stride=2, padding=1, hint=IM2COL_HINT)
+    yr = conv2d_reference(x, wr, br, stride=2, padding=1)
+    hint = "cols @ w.reshape(O, -1).T is the convolution only with columns ordered (c, i, j)."
+    chk.close(y.data, yr.data, "conv2d output", hint, rtol=1e-10, atol=1e-10)
+    chk.call(y.backward, gy)
+    yr.backward(gy)
+    chk.close(w.grad, wr.grad, "weight gradient", hint, rtol=1e-10, atol=1e-10)
+
+
 # ----- task 4.2: col2im --------------------------------------------------------------------------
+COL2IM_HINT = ("Every entry of dcols goes back to the input pixel its im2col entry was read "
+               "from; a pixel read by several patches receives the SUM; pixels in the padding "
+               "are dropped.")
+
+
+@pytest.mark.task_4_2
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_col2im_shape_and_sampled_pixels(case):
+    n, c, h, w, kh, kw, stride, padding = case
+    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    dcols = _rng(2).normal(size=(n * oh * ow, c * kh * kw))
+    chk = Check("4.2", _conv_words(case) + f", dcols of shape {dcols.shape}")
+    dx = chk.shape(chk.call(col2im, dcols, (n, c, h, w), kh, kw, stride, padding),
+                   (n, c, h, w), "dx", "dx has the input's shape: drop the padding.")
+    d = dcols.reshape(n, oh, ow, c, kh, kw)
+    rng = _rng(3)
+    for _ in range(25):
+        b, ch, y, x = (int(rng.integers(0, s)) for s in (n, c, h, w))
+        # the patches that read input pixel (y, x): oh*stride + i - padding = y, likewise x
+        want = sum(d[b, p, q, ch, i, j]
+                   for p in range(oh) for i in range(kh) if p * stride + i - padding == y
+                   for q in range(ow) for j in range(kw) if q * stride + j - padding == x)
+        chk.true(math.isclose(dx[b, ch, y, x], want, rel_tol=1e-9, abs_tol=1e-12),
+                 f"dx[{b}, {ch}, {y}, {x}] = the sum of the dcols entries that read it = "
+                 f"{want:.6g}", f"{dx[b, ch, y, x]:.6g}", COL2IM_HINT)
+
+
+@pytest.mark.task_4_2
+def test_conv2d_input_gradient_through_col2im():
+    case = (2, 3, 7, 6, 3, 3, 2, 1)
+    x0 = _rng(2).normal(size=case[:4])
+    x = Tensor(x0.copy(), requires_grad=True)
+    w = Tensor(_rng(3).normal(size=(4, 3, 3, 3)))
+    gy = _rng(5).normal(size=(2, 4, 4, 3))
+    chk = Check("4.2", "the input gradient of conv2d of " + _conv_words(case) + ", 4 filters")
+    # x.grad by the loop convolution (no im2col: that is task 4.1), then the same gradient
+    # as Conv2d.backward forms it: the patch gradients G @ W_mat, added back by col2im.
+    conv2d_reference(x, w, stride=2, padding=1).backward(gy)
+    g = gy.transpose(0, 2, 3, 1).reshape(-1, 4)
+    dcols = g @ w.data.reshape(4, -1)
+    got = chk.call(col2im, dcols, x0.shape, 3, 3, 2, 1)
+    chk.close(got, x.grad, "dx = col2im(G @ W_mat)", COL2IM_HINT, rtol=1e-10, atol=1e-10)
+
+
 # ----- task 5.1: cluster_strength ----------------------------------------------------------------
 STRENGTH_HINT = "A_c is the sum of |w| * m over the synapses of cluster c."
 
