@@ -70,7 +70,7 @@ class Check:
         except (NotImplementedError, TaskFailure):
             raise
         except Exception as exc:  # noqa: BLE001 - reported, with the case
-            self.fail(f"{getattr(fn, '__name__', 'the call')} to return",
+            self.fail(f"{getattr(fn, '__name__', 'the call')} to return a result",
                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
                       hint)
 
@@ -110,8 +110,8 @@ class Check:
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0]) if want.ndim else ()
             self.fail(
-                f"{what} = {describe(want)}; at {where}: {want[where]!r}",
-                f"{what} = {describe(arr)}; at {where}: {arr[where]!r} "
+                f"{what} = {describe(want)}; at {where}: {want[where].item():.6g}",
+                f"{what} = {describe(arr)}; at {where}: {arr[where].item():.6g} "
                 f"({int(bad.sum())} of {bad.size} entries wrong)",
                 hint,
             )

@@ -282,3 +282,56 @@ def test_cli_usage_errors_are_one_line(tmp_path):
     assert listing.returncode == 0
     for task in A.TASKS:
         assert task.id in listing.stdout
+
+
+# ----- a student copy in a virtual environment of its own ---------------------------------------
+def test_a_student_copy_in_its_own_venv_without_the_reference_imports_and_scores_zero(
+        student_copy, tmp_path):
+    """Offline: the venv gets this interpreter's site-packages (NumPy, pytest...) as plain path
+    entries, and the copy the way an editable install adds it. A path entry in a .pth file does
+    not run the .pth files inside that folder, so the reference's editable install there stays
+    invisible. (.ci/run does the real thing online: pip install -e COPY[course] from PyPI.)"""
+    import site
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    deps = [p for p in [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+            if Path(p).is_dir()]
+    Path(purelib, "system_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    probe = subprocess.run([str(python), "-c", "import numpy, pytest, minievo"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    if "No module named 'numpy'" in probe.stderr:
+        pytest.fail("the venv does not see NumPy through system_deps.pth: " + probe.stderr)
+    if probe.returncode == 0:
+        pytest.skip("minievo is installed as a plain package in site-packages (not editable), "
+                    "so a venv sharing those packages cannot hide it")
+    assert "No module named 'minievo'" in probe.stderr, probe.stderr
+
+    copy = tmp_path / "alice"
+    shutil.copytree(student_copy, copy)
+    Path(purelib, "minievo_copy.pth").write_text(str(copy) + "\n")
+    where = subprocess.run([str(python), "-c", "import minievo; print(minievo.__file__)"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).resolve().parent == (copy / "minievo").resolve()
+
+    out = tmp_path / "grade.json"
+    proc = subprocess.run([str(python), "-m", "minievo.cli", "assignments", "grade", "--json",
+                           str(out)], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["hidden_tests"] is False
+    _assert_zero_with_not_implemented(report, proc.stdout, copy)
+    refused = subprocess.run([str(python), "-m", "minievo.cli", "assignments", "grade",
+                              "--hidden"], cwd=copy, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("minievo: error: --hidden needs the hidden tests")

@@ -566,7 +566,7 @@ def test_kernel_csr_lists_the_live_kernels_row_by_row():
     chk.equal(int(indptr[0]), 0, "indptr[0]", CSR_HINT)
     for row in range(5):
         live = [i for i in range(4) if mask[row, i].any()]
-        got = list(np.asarray(indices)[indptr[row] : indptr[row + 1]])
+        got = [int(v) for v in np.asarray(indices)[indptr[row] : indptr[row + 1]]]
         chk.equal(got, live, f"input maps of row {row}", CSR_HINT)
         for k, i in zip(range(indptr[row], indptr[row + 1]), live):
             chk.close(kernels[k], (w[row, i] * mask[row, i]).astype(np.float32),
