@@ -1,7 +1,7 @@
-"""Coursework: student copies of minievo with the solutions cut out, and local grading.
+"""Coursework: student copies of minievo with the solutions cut out, and grading.
 
 The reference solutions of the assignment tasks live in the library itself, each between two
-marker comments that name its task::
+marker comments that name its task (``//`` instead of ``#`` in a ``.cu`` file)::
 
     def backward(self, gy):
         # BEGIN SOLUTION task 2.1
@@ -9,18 +9,27 @@ marker comments that name its task::
         ...
         # END SOLUTION
 
-``minievo assignments new DIR`` copies the package into ``DIR`` and replaces every marked block
-by a ``raise NotImplementedError("task 2.1: ... - see tutorials/...")`` at the block's
-indentation; the task tests (``tests/assignments``), the tutorials and a ``pytest.ini`` come
-along. ``minievo assignments grade [DIR]`` runs the task tests against ``DIR``'s copy (or, with
-no ``DIR``, against the package this module belongs to) in a separate ``pytest`` process and
-prints a table of points. A task scores its points when every test marked with it
-(``@pytest.mark.task_2_1``) passes; a task whose tests stop at the NotImplementedError of its
-own block is reported as "not implemented".
+``minievo assignments new DIR`` (instructor) writes a standalone student package into ``DIR``:
+the whole library with every marked block replaced by a stub (``raise
+NotImplementedError("task 2.1: ... - see tutorials/...")``; in CUDA a ``// NOT IMPLEMENTED:``
+comment that :mod:`minievo.kernels` refuses to compile), the visible task tests
+(``tests/assignments``), the tutorials, ``setup.cfg``/``pyproject.toml`` so that students
+install it with ``pip install -e "DIR[course]"`` into an environment of their own, and a
+marker file. The hidden tests (``tests/assignments_hidden``) stay in the instructor's
+checkout.
+
+``minievo assignments grade [DIR ...]`` runs the task tests in a separate ``pytest`` process
+that imports only the graded folder's ``minievo`` and prints a table of points and, for every
+failing test, the case, expected and got, and the chapter section to reread. Without ``DIR``
+it grades the student copy at or above the working folder, and refuses where there is none.
+``--hidden`` (instructor) adds the hidden tests; ``--json PATH`` writes one JSON record per
+folder. A task scores its points when every test marked with it (``@pytest.mark.task_2_1``)
+passes; a task whose tests stop at its own stub is "not implemented".
 
     minievo assignments list
     minievo assignments new ~/minievo-coursework
-    minievo assignments grade ~/minievo-coursework
+    minievo assignments grade                                  # inside a student copy
+    minievo assignments grade class/* --hidden --json grades.jsonl   # instructor
 """
 
 from __future__ import annotations
