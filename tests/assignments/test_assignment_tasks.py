@@ -465,51 +465,78 @@ def _encoding(weight_shape, granularity, seed, protect=False):
                            protect_clusters=protect)
 
 
-def _expected_mask(enc, env, seed, ancestor_mask=None):
-    """The draw order of the method: one uniform per cluster, then one per synapse."""
-    rng = _rng(seed)
-    keep_c = rng.random(enc.cluster_probability.shape) < np.minimum(
-        1, env.f_c * enc.cluster_probability)
-    keep_s = rng.random(enc.weight_shape) < np.minimum(1, env.f_s * enc.synapse_probability)
-    extra = (1,) * (len(enc.weight_shape) - keep_c.ndim)
-    keep = keep_c.reshape(keep_c.shape + extra) & keep_s
-    if ancestor_mask is not None:
-        keep &= ancestor_mask != 0
-    return keep
-
-
 MASK_HINT = ("M' = M AND C (one draw per cluster, spread over its synapses) AND S (one draw "
-             "per synapse); draw the clusters first, then the synapses.")
+             "per synapse); draw the clusters first, then the synapses, with the rng given.")
+
+
+def _cluster_of_each_synapse(keep_c, weight_shape):
+    """A cluster array (cluster shape) spread over the synapses (weight shape)."""
+    extra = (1,) * (len(weight_shape) - keep_c.ndim)
+    return np.broadcast_to(keep_c.reshape(keep_c.shape + extra), weight_shape)
 
 
 @pytest.mark.task_6_1
 @pytest.mark.parametrize("shape, granularity", [((6, 4, 3, 3), "kernel"), ((7, 9), "neuron")])
-def test_sample_layer_mask_follows_the_seeded_draws(shape, granularity):
+def test_sample_layer_mask_draws_the_clusters_first(shape, granularity):
+    # Every synapse kept for sure (p = 1, F_s = 1) and every cluster a coin flip (P = 0.5,
+    # F_c = 1): the mask shows the cluster draw alone, which must use the first uniforms.
     enc = _encoding(shape, granularity, seed=1)
-    env = EnvironmentalFactor(0.8, 0.9)
-    chk = Check("6.1", f"a {granularity} layer {shape}, F_c = 0.8, F_s = 0.9, seed 7, "
-                       "no ancestor mask")
-    mask = chk.call(sample_layer_mask, enc, env, np.random.default_rng(7))
+    enc.synapse_probability[...] = 1.0
+    enc.cluster_probability[...] = 0.5
+    chk = Check("6.1", f"a {granularity} layer {shape}, every P_c = 0.5, every p_j = 1, "
+                       "F_c = F_s = 1, seed 7")
+    mask = chk.call(sample_layer_mask, enc, EnvironmentalFactor(1.0, 1.0),
+                    np.random.default_rng(7))
     chk.shape(mask, shape, "the mask")
     chk.equal(np.asarray(mask).dtype, np.dtype(np.float32), "mask.dtype",
               "Without an ancestor mask the offspring mask is float32.")
-    chk.close(np.asarray(mask) != 0, _expected_mask(enc, env, 7), "live synapses", MASK_HINT)
+    first = np.random.default_rng(7).random(enc.cluster_probability.shape) < 0.5
+    chk.close(np.asarray(mask) != 0, _cluster_of_each_synapse(first, shape),
+              "live synapses (= the kept clusters)", MASK_HINT)
+
+
+@pytest.mark.task_6_1
+def test_sample_layer_mask_keep_rates_and_consistency():
+    enc = _encoding((8, 5, 2, 2), "kernel", seed=2)
+    env = EnvironmentalFactor(0.8, 0.9)
+    chk = Check("6.1", "a kernel layer (8, 5, 2, 2), F_c = 0.8, F_s = 0.9, 400 samples, "
+                       "return_clusters=True")
+    rng = np.random.default_rng(3)
+    keep_c = np.minimum(1, 0.8 * enc.cluster_probability)
+    rate = _cluster_of_each_synapse(keep_c, enc.weight_shape) * np.minimum(
+        1, 0.9 * enc.synapse_probability)
+    total = np.zeros(enc.weight_shape)
+    for _ in range(400):
+        mask, clusters = chk.call(sample_layer_mask, enc, env, rng, return_clusters=True)
+        m = chk.shape(mask, enc.weight_shape, "the mask") != 0
+        c = chk.shape(clusters, enc.cluster_probability.shape, "the cluster draw")
+        chk.true(not np.any(m & ~_cluster_of_each_synapse(c, enc.weight_shape)),
+                 "no live synapse in a dropped cluster", "live synapses in dropped clusters",
+                 MASK_HINT)
+        total += m
+    # 400 Bernoulli samples: the frequency is within 5 standard deviations of the rate.
+    bound = 5 * np.sqrt(rate * (1 - rate) / 400) + 1e-9
+    worst = np.unravel_index(np.argmax(np.abs(total / 400 - rate) - bound), rate.shape)
+    chk.true(np.all(np.abs(total / 400 - rate) <= bound),
+             f"keep frequency min(1, F_c P_c) * min(1, F_s p_j) = {rate[worst]:.3f} "
+             f"(+- {bound[worst]:.3f}) at {tuple(map(int, worst))}",
+             f"{total[worst] / 400:.3f}", MASK_HINT)
 
 
 @pytest.mark.task_6_1
 def test_sample_layer_mask_respects_the_ancestor_mask_and_dtype():
     enc = _encoding((5, 3, 2, 2), "kernel", seed=2)
+    enc.synapse_probability[...] = 1.0  # only the ancestor mask removes synapses
+    enc.cluster_probability[...] = 1.0
     ancestor = (_rng(3).random((5, 3, 2, 2)) < 0.5).astype(np.float64)
-    env = EnvironmentalFactor(1.0, 1.0)
-    chk = Check("6.1", "a kernel layer (5, 3, 2, 2) with a float64 ancestor mask, "
-                       "F_c = F_s = 1, seed 4, return_clusters=True")
-    mask, clusters = chk.call(sample_layer_mask, enc, env, np.random.default_rng(4),
-                              ancestor_mask=ancestor, return_clusters=True)
+    chk = Check("6.1", "a kernel layer (5, 3, 2, 2) with a float64 ancestor mask, every "
+                       "P_c = p_j = 1, F_c = F_s = 1")
+    mask = chk.call(sample_layer_mask, enc, EnvironmentalFactor(1.0, 1.0),
+                    np.random.default_rng(4), ancestor_mask=ancestor)
     chk.equal(np.asarray(mask).dtype, np.dtype(np.float64), "mask.dtype",
               "The offspring mask takes the ancestor mask's dtype.")
-    chk.close(np.asarray(mask) != 0, _expected_mask(enc, env, 4, ancestor), "live synapses",
+    chk.close(np.asarray(mask) != 0, ancestor != 0, "live synapses",
               MASK_HINT + " A synapse the ancestor lacks never comes back.")
-    chk.shape(clusters, (5, 3), "the cluster draw")
 
 
 # ----- task 6.2: expected_offspring_synapses -----------------------------------------------------

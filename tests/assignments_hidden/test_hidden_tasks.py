@@ -199,6 +199,33 @@ def test_hidden_sample_layer_mask_filter_granularity_and_protection():
     chk.close(np.asarray(clusters), np.ones(6, bool), "the cluster draw")
 
 
+def _expected_mask(enc, env, seed, ancestor_mask=None):
+    """The draws of the method, written out: one uniform per cluster, then one per synapse."""
+    rng = _rng(seed)
+    keep_c = rng.random(enc.cluster_probability.shape) < np.minimum(
+        1, env.f_c * enc.cluster_probability)
+    keep_s = rng.random(enc.weight_shape) < np.minimum(1, env.f_s * enc.synapse_probability)
+    extra = (1,) * (len(enc.weight_shape) - keep_c.ndim)
+    keep = keep_c.reshape(keep_c.shape + extra) & keep_s
+    if ancestor_mask is not None:
+        keep &= ancestor_mask != 0
+    return keep
+
+
+@pytest.mark.task_6_1
+@pytest.mark.parametrize("shape, granularity", [((6, 4, 3, 3), "kernel"), ((7, 9), "neuron"),
+                                                ((5, 3, 2, 2), "filter")])
+def test_hidden_sample_layer_mask_reproduces_the_seeded_draws(shape, granularity):
+    enc = _encoding(shape, granularity, 18, protect=False)
+    env = EnvironmentalFactor(0.8, 0.9)
+    ancestor = (_rng(19).random(shape) < 0.7).astype(np.float32)
+    chk = Check("6.1", f"a {granularity} layer {shape}, F_c 0.8, F_s 0.9, seed 7, an ancestor "
+                       "mask")
+    mask = chk.call(sample_layer_mask, enc, env, np.random.default_rng(7),
+                    ancestor_mask=ancestor)
+    chk.close(np.asarray(mask) != 0, _expected_mask(enc, env, 7, ancestor), "live synapses")
+
+
 @pytest.mark.task_6_2
 def test_hidden_expected_offspring_synapses_against_the_mean_of_many_draws():
     enc = _encoding((8, 12), "neuron", 14, protect=False)
