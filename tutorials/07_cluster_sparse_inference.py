@@ -24,7 +24,8 @@
 # that very CUDA source on the CPU with minievo's emulator, and, where a GPU exists, on the GPU.
 #
 # Assignment tasks: **7.1** compaction, the CSR list of live kernels; **7.2** the tile loop of
-# the CUDA convolution kernel (section 8), graded on the CPU through the emulator.
+# the CUDA convolution kernel (section "Your turn", near the end), graded on the CPU through
+# the emulator.
 #
 # **Two meanings of "kernel".** In a convolution, a *kernel* is the kh x kw block of weights
 # that connects one input map to one output map: the paper's *kernel cluster*, the unit that
@@ -367,13 +368,14 @@ else:
           "source in the emulator (section 6). On a GPU machine this cell times both.")
 
 # %% [markdown]
-# ## 8. Your turn: the kernel's tile loop (task 7.2)
+# ## Your turn: the kernel's tile loop (task 7.2)
 #
 # In a student copy (`minievo assignments new`), `minievo/kernels/sparse_conv2d.cu` keeps the
 # signature of `cluster_sparse_conv2d_forward`, the set-up (which output map `o`, image `n`
 # and pixel `(oh, ow)` this thread computes, `active`, `begin`/`end` of the CSR row, `acc`
 # starting at the bias, `per_tile`) and the final store of `acc`; between the two, a
-# `// NOT IMPLEMENTED: task 7.2` comment. Write the tile loop that section 5 walked through:
+# `// NOT IMPLEMENTED: task 7.2` comment. Write the tile loop that the walk through the CUDA
+# kernel above explained:
 #
 # 1. For `first = begin, begin + per_tile, ...` while `first < end`: `count` live kernels in
 #    this tile (the last tile may be short).
@@ -392,7 +394,8 @@ else:
 # convolution of the same masked weight: both layouts, stride 2 with padding, and a map with
 # more live kernels than one tile holds. On a machine with a GPU and CuPy it also runs your
 # kernel there. The emulator is stricter than a GPU about barriers: a `__syncthreads()` that
-# only some threads of a block reach stops the program with a message (section 6).
+# only some threads of a block reach stops the program with a message (see the emulator
+# section).
 #
 # How many kernels does one tile hold? It depends on the kernel size:
 
@@ -408,7 +411,8 @@ for k in (1, 3, 5, 7):
 #    and `kernels` from a weight and its mask. Rows in output-map order, input maps increasing
 #    within a row, int32 indices, float32 kernels with the masked taps zeroed.
 #    **Task 7.2** (`minievo/kernels/sparse_conv2d.cu`, `cluster_sparse_conv2d_forward`): the
-#    tile loop of section 8, graded through the emulator with AddressSanitizer on.
+#    tile loop of the section "Your turn", graded through the emulator with AddressSanitizer
+#    on.
 # 2. In section 4, force `sparse.compact(m, method=...)` to `"native"`, `"csr"` and `"dense"`
 #    in turn and plot the three curves: where do they cross? Compare with the cost models in
 #    `minievo/sparse/cpu.py`. Then change `MINIEVO_NB` in `sparse_cpu.c` (images per tile)

@@ -21,12 +21,8 @@ import pytest
 
 from minievo import backend
 from minievo.autograd import Parameter, Tensor, sum_to
-from minievo.evolution.encoding import (
-    GeneticEncoding,
-    cluster_strength,
-    encode_layer,
-    synapse_probability,
-)
+from minievo.evolution import encoding as encoding_mod
+from minievo.evolution.encoding import GeneticEncoding, cluster_strength, synapse_probability
 from minievo.evolution.environment import EnvironmentalFactor, expected_offspring_synapses
 from minievo.evolution.synthesis import sample_layer_mask
 from minievo.feedback import Check, numerical_grad
@@ -416,14 +412,14 @@ def test_synapse_probability_formula_and_ends():
     chk.equal(np.asarray(p).dtype, np.dtype(np.float64), "p.dtype")
 
 
+# The cluster probabilities: _probability applied to cluster strengths A_c (given here, so
+# that the test does not need task 5.1).
 @pytest.mark.task_5_2
-def test_cluster_probability_formula_through_encode_layer():
-    w = _rng(3).normal(size=(4, 3, 2, 2))
-    chk = Check("5.2", "cluster probabilities of a dense conv weight (4, 3, 2, 2), kernels")
-    enc = chk.call(encode_layer, w, None, "kernel")
-    big_a = np.abs(w).sum(axis=(2, 3))
-    chk.close(enc.cluster_probability, np.exp(big_a / (big_a.max() / math.log(2))) - 1, "P",
-              PROB_HINT, rtol=1e-12)
+def test_cluster_probability_formula():
+    big_a = np.abs(_rng(3).normal(size=(4, 3, 2, 2))).sum(axis=(2, 3))
+    chk = Check("5.2", "_probability of the kernel strengths A (4, 3) of a dense conv weight")
+    p = chk.call(encoding_mod._probability, big_a)
+    chk.close(p, np.exp(big_a / (big_a.max() / math.log(2))) - 1, "P", PROB_HINT, rtol=1e-12)
 
 
 @pytest.mark.task_5_2
@@ -441,13 +437,12 @@ def test_probability_of_an_all_dead_layer_is_zero_without_warnings():
 
 @pytest.mark.task_5_2
 def test_probability_with_a_quantile_reference_is_capped_at_one():
-    w = _rng(5).normal(size=(8, 10))
-    chk = Check("5.2", "neuron clusters of an (8, 10) weight, reference = the median strength")
-    enc = chk.call(encode_layer, w, None, "neuron", cluster_quantile=0.5)
-    big_a = np.abs(w).sum(axis=1)
-    ref = np.quantile(big_a, 0.5)
-    chk.close(enc.cluster_probability,
-              np.minimum(np.exp(big_a / (ref / math.log(2))) - 1, 1), "P",
+    big_a = np.abs(_rng(5).normal(size=(8, 10))).sum(axis=1)
+    ref = float(np.quantile(big_a, 0.5))
+    chk = Check("5.2", f"_probability of 8 neuron strengths with reference = their median "
+                       f"({ref:.4g}), below the maximum")
+    p = chk.call(encoding_mod._probability, big_a, ref)
+    chk.close(p, np.minimum(np.exp(big_a / (ref / math.log(2))) - 1, 1), "P",
               "With a reference below the maximum, min(1, exp(s / Z) - 1): never above 1.",
               rtol=1e-12)
 
