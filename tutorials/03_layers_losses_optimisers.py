@@ -108,13 +108,14 @@ print("one batch:", xb.shape, xb.dtype, yb.shape, yb.dtype, f"mean {xb.mean():.3
 #
 # In the paper's words each weight is a **synapse**: one connection from an input unit (or,
 # in a convolution, an input pixel of a kernel window) to an output unit. A `Linear` layer
-# of shape (out, in) has out x in synapses; LeNet-300-100 has about 266,000.
+# of shape (out, in) has out x in synapses; LeNet-300-100 has about 266,000. The paper
+# borrows biology's word **genotype** for what an offspring network inherits from its
+# ancestor; in minievo that is the mask below, which says which synapses exist (a 0 entry:
+# the synapse does not exist).
 #
 # Every `Linear` and `Conv2d` also carries a **mask**, the same shape as its weight, all ones
-# at first. The forward pass uses $W \odot M$: a synapse whose mask entry is 0 does not exist.
-# The paper borrows biology's word **genotype** for what an offspring network inherits from
-# its ancestor; in minievo that is the mask, which says which synapses exist. It drives the
-# evolutionary synthesis of chapters 5-8; for now it is just ones.
+# at first. The forward pass uses $W \odot M$. This mask is the *genotype* of the evolutionary
+# synthesis of chapters 5-8; for now it is just ones.
 
 # %%
 init.manual_seed(0)

@@ -410,9 +410,6 @@ for k in (1, 3, 5, 7):
 # 1. **Task 7.1** (`minievo/sparse/reference.py`, `kernel_csr`): build `indptr`, `indices`
 #    and `kernels` from a weight and its mask. Rows in output-map order, input maps increasing
 #    within a row, int32 indices, float32 kernels with the masked taps zeroed.
-#    **Task 7.2** (`minievo/kernels/sparse_conv2d.cu`, `cluster_sparse_conv2d_forward`): the
-#    tile loop of the section "Your turn", graded through the emulator with AddressSanitizer
-#    on.
 # 2. In section 4, force `sparse.compact(m, method=...)` to `"native"`, `"csr"` and `"dense"`
 #    in turn and plot the three curves: where do they cross? Compare with the cost models in
 #    `minievo/sparse/cpu.py`. Then change `MINIEVO_NB` in `sparse_cpu.c` (images per tile)
@@ -424,3 +421,6 @@ for k in (1, 3, 5, 7):
 #    `MINIEVO_CONV_TILE_FLOATS` floats. How many 5x5 kernels fit in one tile? Build a layer
 #    whose output map has more live kernels than that, run it in the emulator and check the
 #    result: which lines of the kernel make that work?
+# 5. **Task 7.2** (`minievo/kernels/sparse_conv2d.cu`, `cluster_sparse_conv2d_forward`): the
+#    tile loop of the section "Your turn", graded through the emulator with AddressSanitizer
+#    on.
