@@ -81,8 +81,27 @@ def kernel_path(name: str) -> Path:
 
 
 def read_source(name: str) -> str:
-    """The text of a kernel source shipped with the package."""
-    return kernel_path(name).read_text()
+    """The text of a kernel source shipped with the package.
+
+    Raises:
+        NotImplementedError: the source is a student copy's, with an assignment block still
+            to write (see :func:`check_implemented`).
+    """
+    return check_implemented(kernel_path(name).read_text())
+
+
+# The stub that `minievo assignments new` leaves where a CUDA solution block was.
+_NOT_IMPLEMENTED_RE = re.compile(r"^[ \t]*//[ \t]*NOT IMPLEMENTED:[ \t]*(.+?)[ \t]*$", re.M)
+
+
+def check_implemented(source: str) -> str:
+    """``source`` itself, unless it holds an unwritten assignment block (a line
+    ``// NOT IMPLEMENTED: task 7.2: ...``): then NotImplementedError with that message, so a
+    stub is never compiled into a kernel that silently computes the wrong thing."""
+    match = _NOT_IMPLEMENTED_RE.search(source)
+    if match:
+        raise NotImplementedError(match.group(1))
+    return source
 
 
 def _strip_comments(source: str) -> str:
@@ -208,7 +227,7 @@ def compile_to_ptx(name_or_path: str | Path, arch: str | None = None,
     path = Path(name_or_path)
     if not path.is_file():
         path = kernel_path(str(name_or_path))
-    source = path.read_text()
+    source = check_implemented(path.read_text())
     if compiler == "auto":
         found = ptx_compilers()
         if not found:
@@ -358,6 +377,7 @@ __all__ = [
     "RESOURCE_ARCHS",
     "compile_to_ptx",
     "entry_points",
+    "check_implemented",
     "get_kernel",
     "kernel_files",
     "kernel_path",
