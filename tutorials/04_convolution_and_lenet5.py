@@ -280,7 +280,7 @@ save(fig, "04_lenet5_budget.png")
 #
 # Same loop and recipe as chapter 3 (Caffe's solver: SGD, learning rate 0.01, momentum 0.9,
 # weight decay 5e-4, "inv" schedule, batch 64). On the full MNIST a few epochs reach about
-# 99% test accuracy; the paper's ancestor is trained for about 10. In fast mode, one epoch on
+# 99% test accuracy; the `paper-mnist` preset trains its ancestor for 8. In fast mode, one epoch on
 # 1,024 synthetic images.
 #
 # Several epochs are a long experiment, so this cell switches on minievo's accelerator, which
