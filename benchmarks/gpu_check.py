@@ -107,9 +107,8 @@ def cupyx_forward(model, x):
     plan = []
     for layer in model.layers:
         if isinstance(layer, L.Conv2d):
-            w = layer.weight.data * layer.mask  # im2col's columns run over (i, j, c)
-            csr = cpsp.csr_matrix(cp.ascontiguousarray(
-                w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)))
+            w = layer.weight.data * layer.mask  # im2col's columns run over (c, i, j)
+            csr = cpsp.csr_matrix(cp.ascontiguousarray(w.reshape(w.shape[0], -1)))
             plan.append(("conv", csr, layer.bias.data, layer))
         elif isinstance(layer, L.Linear):
             plan.append(("linear", cpsp.csr_matrix(layer.weight.data * layer.mask),

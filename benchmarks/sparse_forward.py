@@ -12,7 +12,8 @@ with the ratio of multiply-accumulates (dense / executed) beside the ratio of ti
 * ``--model-checkpoint PATH``: an evolved model (a lineage ``model.npz`` or a ``minievo train``
   checkpoint) is measured the same way;
 * ``--synthesize``: an evolution-like LeNet-5 made here by repeated evolutionary synthesis
-  (METHOD.md, no retraining between generations) until it reaches ``--target-efficiency``;
+  (docs/method.md#sampling, no retraining between generations) until it reaches
+  ``--target-efficiency``;
 * ``--sweep``: every CPU path (native, csr, dense) at every density, the measurement behind
   the cost models in :mod:`minievo.sparse.cpu`;
 * ``--backend cupy``: on a GPU, the RawKernels against the dense CuPy path and against
@@ -44,11 +45,12 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import minievo.accel  # noqa: E402
 from minievo import backend, models, sparse  # noqa: E402
 from minievo import layers as L  # noqa: E402
+from minievo.accel import sparse_train  # noqa: E402
 from minievo.autograd import Tensor, no_grad  # noqa: E402
 from minievo.kernels import native  # noqa: E402
-from minievo.sparse import train as sparse_train  # noqa: E402
 from minievo.sparse.synthetic import set_random_masks  # noqa: E402
 
 DENSITIES = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01]
@@ -79,7 +81,8 @@ def best_times(fns: list, repeats: int, xp) -> list[float]:
 
 
 def dense_call(model, x):
-    """The masked dense forward (im2col + BLAS): sparse training's kernel path is off here."""
+    """The masked dense forward on the accelerator's im2col + BLAS path (channels-last conv,
+    two-pass pool; sparse training's kernel path is off here)."""
     def run():
         with no_grad(), dense_layers():
             return model(Tensor(x)).data
@@ -91,7 +94,8 @@ def dense_layers():
     old = sparse_train.get_mode()
     sparse_train.set_mode("off")
     try:
-        yield
+        with minievo.accel.accelerated():
+            yield
     finally:
         sparse_train.set_mode(old)
 
@@ -174,7 +178,7 @@ def gpu_section(args, rng):
         conv = model[0]
         cc = sparse.CompactConv2d.from_dense(conv.weight.data, conv.bias.data,
                                              conv.mask).to("cupy")
-        w = (conv.weight.data * conv.mask).transpose(0, 2, 3, 1).reshape(50, -1)
+        w = (conv.weight.data * conv.mask).reshape(50, -1)  # columns (c, i, j), as im2col
         csr = cpsp.csr_matrix(w)
         bias = conv.bias.data
 

@@ -2,7 +2,8 @@
 
 For each network (the dense Caffe LeNet-5, LeNet-5 with random masks, and evolved checkpoints
 given with ``--model-checkpoint``) it times SGD training steps (batch 64: forward, cross-entropy,
-backward, momentum step) with ``minievo.sparse.train`` switched off (every layer multiplies its
+backward, momentum step) on the accelerator (``minievo.accel.enable()``) with its sparse
+training (``minievo.accel.sparse_train``) switched off (every layer multiplies its
 masked dense weight) and on ``"auto"`` (each sparse enough layer runs forward and backward
 through the compiled kernel over its live synapses), and prints the time per step, the
 speed-up and the layers that took the sparse path. The two modes compute the same gradients up
@@ -31,13 +32,14 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import minievo.accel  # noqa: E402
 import minievo.functions as F  # noqa: E402
 from minievo import checkpoint, models  # noqa: E402
+from minievo.accel import sparse_train  # noqa: E402
 from minievo.autograd import Tensor  # noqa: E402
 from minievo.kernels import native  # noqa: E402
 from minievo.layers import prunable_layers  # noqa: E402
 from minievo.optim import SGD  # noqa: E402
-from minievo.sparse import train as sparse_train  # noqa: E402
 from minievo.sparse.synthetic import set_random_masks  # noqa: E402
 
 
@@ -67,8 +69,9 @@ def step_fn(model, batch: int, seed: int):
 
 
 def sparse_layers(model) -> str:
-    return " ".join(f"{name}:{'sparse' if getattr(layer, 'sparse_path', False) else 'dense'}"
-                    for name, layer in prunable_layers(model))
+    return " ".join(
+        f"{name}:{'sparse' if sparse_train.took_sparse_path(layer.weight) else 'dense'}"
+        for name, layer in prunable_layers(model))
 
 
 def time_modes(model, args) -> tuple[float, float]:
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--single-thread", action="store_true",
                    help="one thread everywhere, timed in CPU seconds")
     args = p.parse_args(argv)
+    minievo.accel.enable()  # both modes run on the accelerator; only its sparse training differs
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     clock = "CPU time, one thread" if args.single_thread else "wall time"
     print(f"minievo sparse training benchmark: batch {args.batch}, best of {args.repeats} x "

@@ -8,6 +8,10 @@ see the same background load) and the best repeat of each is reported: on a shar
 best run is the least disturbed one. PyTorch is measured only when it is importable
 (``pip install -e .[bench]``).
 
+minievo is measured on two paths: ``minievo`` is the accelerated one the ``minievo`` command
+uses by default (``minievo.accel.enable()``), ``minievo-ref`` the plain reference path the
+chapters teach (``--no-accel``); ``--paths`` picks them.
+
 Memory is measured in a fresh child process per framework (so neither sees the other's
 libraries): the RSS high-water mark (``resource.getrusage``) after building the model, and
 after ``--mem-steps`` training steps; for minievo also the peak of traced allocations
@@ -47,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--mem-steps", type=int, default=100,
                    help="training steps of the memory measurement (938 = a full epoch)")
+    p.add_argument("--paths", default="accel,reference",
+                   help="minievo paths to time, comma list of accel (the CLI default) and "
+                        "reference (--no-accel)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     p.add_argument("--seed", type=int, default=0)
@@ -78,7 +85,9 @@ def _time_steps(step, n_warm: int, n_steps: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / n_steps, (time.process_time() - c0) / n_steps
 
 
-def minievo_step_fn(batch: int, seed: int):
+def minievo_step_fn(batch: int, seed: int, accel: bool = True):
+    """One training step of minievo, on the accelerated path or the reference path."""
+    import minievo.accel
     import minievo.functions as F
     from minievo import init, models
     from minievo.autograd import Tensor
@@ -91,10 +100,11 @@ def minievo_step_fn(batch: int, seed: int):
 
     def step(i):
         k = i % len(xs)
-        opt.zero_grad()
-        loss = F.softmax_cross_entropy(model(Tensor(xs[k])), ys[k])
-        loss.backward()
-        opt.step()
+        with minievo.accel.accelerated(accel):
+            opt.zero_grad()
+            loss = F.softmax_cross_entropy(model(Tensor(xs[k])), ys[k])
+            loss.backward()
+            opt.step()
         return loss
 
     return step
@@ -197,16 +207,26 @@ def main(argv=None) -> int:
           f"(+{args.warmup} warm-up each)")
     print(f"numpy {np.__version__}" + (f", torch {torch.__version__}" if torch else ""))
 
-    mstep = minievo_step_fn(args.batch, args.seed)
-    tstep = torch_step_fn(args.batch, args.seed) if torch is not None else None
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths or any(p not in ("accel", "reference") for p in paths):
+        print(f"train_throughput: error: --paths takes accel and/or reference, got "
+              f"{args.paths!r}", file=sys.stderr)
+        return 2
+    steps = {}
+    if "accel" in paths:
+        steps["minievo"] = minievo_step_fn(args.batch, args.seed, accel=True)
+    if "reference" in paths:
+        steps["minievo-ref"] = minievo_step_fn(args.batch, args.seed, accel=False)
+    if torch is not None:
+        steps["pytorch-cpu"] = torch_step_fn(args.batch, args.seed)
     inf = (float("inf"), float("inf"))
-    best = {"minievo": inf, "pytorch-cpu": inf}  # (wall, cpu): each the best over repeats
-    for _ in range(args.repeats):  # interleaved: both frameworks see the same load
-        for name, step in (("minievo", mstep), ("pytorch-cpu", tstep)):
-            if step is not None:
-                wall, cpu = _time_steps(step, args.warmup, args.steps)
-                best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
-    names = ["minievo"] + (["pytorch-cpu"] if tstep is not None else [])
+    best = {name: inf for name in steps}  # (wall, cpu): each the best over repeats
+    for _ in range(args.repeats):  # interleaved: all see the same load
+        for name, step in steps.items():
+            wall, cpu = _time_steps(step, args.warmup, args.steps)
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    names = list(steps)
+    tstep = steps.get("pytorch-cpu")
 
     print()
     print(f"{'framework':<12} {'ms/step':>8} {'images/s':>9} {'epoch s':>8} {'CPU ms/step':>12} "
@@ -223,10 +243,13 @@ def main(argv=None) -> int:
         print(f"{name:<12} {t * 1e3:8.2f} {ips:9.0f} {60000 / ips:8.1f} {cpu * 1e3:12.2f} "
               f"{fmt('rss_base', 13)} {fmt('rss_peak', 13)} {fmt('alloc_peak', 15)}")
     if tstep is not None:
-        ratio = best["pytorch-cpu"][0] / best["minievo"][0]
-        cpu_ratio = best["pytorch-cpu"][1] / best["minievo"][1]
-        print(f"\nratio minievo / pytorch (images/s, wall clock): {ratio:.2f}x"
-              f"   (CPU time per step: {cpu_ratio:.2f}x)")
+        print()
+        for name in (n for n in names if n != "pytorch-cpu"):
+            ratio = best["pytorch-cpu"][0] / best[name][0]
+            cpu_ratio = best["pytorch-cpu"][1] / best[name][1]
+            what = "accelerated, the CLI default" if name == "minievo" else "reference path"
+            print(f"ratio {name} / pytorch (images/s, wall clock): {ratio:.2f}x"
+                  f"   (CPU time per step: {cpu_ratio:.2f}x)   [{what}]")
     if mem:
         print(f"\nMemory, each framework in a fresh process: RSS base = high-water mark after "
               f"imports and model build; RSS peak = high-water mark after {args.mem_steps} "

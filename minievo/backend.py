@@ -32,7 +32,8 @@ class BackendError(RuntimeError):
     """Raised for an unknown backend, an unusable CuPy, or arrays of two backends mixed."""
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """The backend name in lower case; BackendError listing the valid ones when unknown."""
     if not isinstance(name, str) or name.lower() not in BACKENDS:
         raise BackendError(
             f"unknown backend {name!r}; valid backends are: {', '.join(BACKENDS)}"
@@ -83,7 +84,7 @@ def cupy_available() -> bool:
 
 def _env_default() -> str:
     name = os.environ.get("MINIEVO_BACKEND", "numpy")
-    return _check_name(name)
+    return check_name(name)
 
 
 def get_backend() -> str:
@@ -103,7 +104,7 @@ def set_backend(name: str) -> None:
     Raises:
         BackendError: for an unknown name, or 'cupy' when CuPy or a GPU is missing.
     """
-    name = _check_name(name)
+    name = check_name(name)
     if name == "cupy":
         _load_cupy()
     _state.name = name
@@ -122,7 +123,7 @@ def using_backend(name: str):
 
 def xp_for(name: str | None = None) -> ModuleType:
     """The array module (numpy or cupy) of a backend name, or of the default backend."""
-    name = get_backend() if name is None else _check_name(name)
+    name = get_backend() if name is None else check_name(name)
     return _load_cupy() if name == "cupy" else np
 
 
@@ -157,7 +158,7 @@ def backend_of(x) -> str:
 
 def to_backend(x, name: str):
     """Copy an array to the named backend (a no-op when it is already there)."""
-    name = _check_name(name)
+    name = check_name(name)
     if name == "cupy":
         cp = _load_cupy()
         return cp.asarray(x)

@@ -25,7 +25,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or that belongs to another model or run."""
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (read from /proc where possible: setting it is not thread-safe)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -48,7 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's umask
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the user's umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -190,13 +190,18 @@ def _add_common(p):
     p.add_argument("--data-dir", default=None,
                    help="a folder that already holds the dataset files (checked first)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-accel", action="store_true",
+                   help="run the plain reference ops the chapters teach, without the "
+                        "accelerator (minievo.accel: channels-last conv, two-pass pool, "
+                        "compiled sparse training); slower, same results to float tolerance")
     p.add_argument("--strict-numerics", action="store_true",
                    help="refuse to resume a run started under other numerics settings "
                         "(sparse training, native kernel, BLAS threads) instead of warning")
     p.add_argument("--sparse-training", choices=("auto", "on", "off"),
                    default=os.environ.get("MINIEVO_SPARSE_TRAINING", "auto"),
-                   help="train sparse masked layers through the compiled CPU kernel: auto "
-                        "(when its cost model says it is faster; default), on, off")
+                   help="with the accelerator: train sparse masked layers through the compiled "
+                        "CPU kernel: auto (when its cost model says it is faster; default), "
+                        "on, off")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,11 +268,12 @@ def main(argv=None) -> int:
             os.environ["MINIEVO_STRICT_NUMERICS"] = "1"
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)
-        if getattr(args, "sparse_training", None):
-            from minievo.sparse import train as sparse_train  # noqa: PLC0415
+        if getattr(args, "no_accel", True) is False:  # commands that train: on by default
+            import minievo.accel  # noqa: PLC0415
 
+            minievo.accel.enable()
             try:
-                sparse_train.set_mode(args.sparse_training)
+                minievo.accel.sparse_train.set_mode(args.sparse_training)
             except ValueError:
                 raise UsageError(f"--sparse-training (or MINIEVO_SPARSE_TRAINING) is "
                                  f"{args.sparse_training!r}, allowed: auto, on, off") from None

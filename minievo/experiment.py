@@ -79,15 +79,23 @@ START_FILES = ("config.json", "generation0_init.npz")
 
 def numerics_settings() -> dict:
     """The settings that change a run's numbers without being part of its configuration:
-    the sparse training mode, whether the native kernel may be used, the BLAS threads (a
-    different summation order). Recorded in the run's config.json; a resume under other
-    ones warns (``--strict-numerics`` / ``MINIEVO_STRICT_NUMERICS=1``: refuses)."""
+    whether the accelerator runs (minievo.accel.enabled(); read here from the layers' op
+    table, so that recording it imports nothing), its sparse training mode, whether the native
+    kernel may be used, the BLAS threads (a different summation order). Recorded in the run's
+    config.json; a resume under other ones warns (``--strict-numerics`` /
+    ``MINIEVO_STRICT_NUMERICS=1``: refuses)."""
+    from minievo import layers  # noqa: PLC0415
     from minievo.kernels import native  # noqa: PLC0415
-    from minievo.sparse import train as sparse_train  # noqa: PLC0415
 
+    accel = layers.ops.name == "accel"
+    mode = "off"  # the reference path never trains through the kernel
+    if accel:
+        from minievo.accel import sparse_train  # noqa: PLC0415
+
+        mode = sparse_train.get_mode()
     blas = next((os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                          "MKL_NUM_THREADS") if os.environ.get(k)), "default")
-    return {"sparse_training": sparse_train.get_mode(), "native": native.enabled(),
+    return {"accel": accel, "sparse_training": mode, "native": native.enabled(),
             "blas_threads": blas}
 
 

@@ -1,19 +1,59 @@
 """Modules: containers of parameters with a forward pass.
 
-Linear and Conv2d are the *prunable* layers: each carries a mask (the genotype of METHOD.md), a
-0/1 array of the weight's shape. The forward pass uses ``weight * mask``, and the optimisers
-keep masked weights and their state at exactly zero.
+Linear and Conv2d are the *prunable* layers: each carries a mask (the genotype of
+docs/method.md#notation), a 0/1 array of the weight's shape, stored once, on the weight
+(``layer.weight.mask``; ``layer.mask`` reads it). :meth:`set_mask` zeroes the masked weights and
+the optimisers keep them, their gradients and their state at exactly zero (the one place the
+mask is applied, :class:`minievo.optim.Optimizer`), so the forward pass simply uses the weight.
+
+The layers call their op through one table, :data:`ops` (the reference ops of
+:mod:`minievo.functions` unless :func:`use_ops` installed others). :mod:`minievo.accel` is the
+only other table: ``minievo.accel.enable()`` swaps it in, like choosing MiniTorch's
+TensorBackend. Nothing here decides between implementations on its own.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from minievo import backend, init
 from minievo import functions as F
 from minievo.autograd import Parameter, Tensor
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The implementations of the ops the layers call, in one table.
+
+    Each entry has the signature of the reference op it replaces (``conv2d(x, weight, bias,
+    stride, padding)``, ``linear(x, weight, bias)``, ``max_pool2d(x, kernel_size, stride)``)
+    and must compute the same function (values and gradients).
+    """
+
+    name: str
+    conv2d: Callable
+    linear: Callable
+    max_pool2d: Callable
+
+
+#: The reference table: the plain ops of minievo.functions, what the chapters teach.
+REFERENCE_OPS = Ops("reference", F.conv2d, F.linear, F.max_pool2d)
+
+#: The table the layers call now.
+ops = REFERENCE_OPS
+
+
+def use_ops(table: Ops) -> Ops:
+    """Make the layers call ``table``'s ops from now on; returns the table used before."""
+    global ops
+    if not isinstance(table, Ops):
+        raise TypeError(f"use_ops expects an Ops table, got {type(table).__name__}")
+    previous, ops = ops, table
+    return previous
 
 
 def _check_values(name: str, v) -> None:
@@ -28,6 +68,7 @@ def _check_values(name: str, v) -> None:
         raise ValueError(f"state dict entry {name!r} holds NaN or infinite values")
     if name.rsplit(".", 1)[-1] == "mask" and not bool(((v == 0) | (v == 1)).all()):
         raise ValueError(f"state dict entry {name!r} is a mask and must hold only 0 and 1")
+
 
 class Module:
     """Base class. Subclasses set Parameters / Modules as attributes and define forward."""
@@ -132,6 +173,8 @@ class Module:
             if isinstance(value, Parameter):
                 value.data = backend.to_backend(value.data, name)
                 value.grad = None
+                if value.mask is not None:
+                    value.mask = backend.to_backend(value.mask, name)
 
 
 def _like(value, ref):
@@ -149,8 +192,12 @@ class _Prunable(Module):
 
     def _init_mask(self):
         xp = backend.get_array_module(self.weight.data)
-        self.mask = xp.ones_like(self.weight.data)
-        self.weight.mask = self.mask
+        self.weight.mask = xp.ones_like(self.weight.data)
+
+    @property
+    def mask(self):
+        """The 0/1 mask of the weight (stored on the weight: ``self.weight.mask``)."""
+        return self.weight.mask
 
     def set_mask(self, mask) -> None:
         """Install a 0/1 mask of the weight's shape and zero the masked weights."""
@@ -160,13 +207,8 @@ class _Prunable(Module):
                 f"match weight shape {self.weight.shape}"
             )
         m = _like(mask, self.weight.data)
-        self.mask = (m != 0).astype(self.weight.dtype)
-        self.weight.mask = self.mask
-        self.weight.data *= self.mask
-
-    def masked_weight(self) -> Tensor:
-        # Multiplying by the mask in the graph also masks the weight's gradient.
-        return self.weight * self.mask
+        self.weight.mask = (m != 0).astype(self.weight.dtype)
+        self.weight.data *= self.weight.mask
 
     def _own_state(self) -> dict:
         state = super()._own_state()
@@ -179,14 +221,9 @@ class _Prunable(Module):
         if mask is not None:
             self.set_mask(mask)
 
-    def _to(self, name: str) -> None:
-        super()._to(name)
-        self.mask = backend.to_backend(self.mask, name)
-        self.weight.mask = self.mask
-
 
 class Linear(_Prunable):
-    """y = x (W * M)^T + b. weight (out, in), mask (out, in), bias (out,)."""
+    """y = x W^T + b. weight (out, in), mask (out, in), bias (out,); masked entries of W are 0."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -202,10 +239,7 @@ class Linear(_Prunable):
                 f"Linear({self.in_features}, {self.out_features}) expects input of shape "
                 f"(N, {self.in_features}), got {x.shape}"
             )
-        plan = _sparse_plan(self, x)
-        if plan is not None:  # a sparse mask: forward and backward over the live synapses
-            return _sparse_train().linear(self, x, plan)
-        return F.linear(x, self.masked_weight(), self.bias)
+        return ops.linear(x, self.weight, self.bias)
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -232,27 +266,11 @@ class Conv2d(_Prunable):
                 f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}) expects "
                 f"input of shape (N, {self.in_channels}, H, W), got {x.shape}"
             )
-        plan = _sparse_plan(self, x)
-        if plan is not None:  # a sparse mask: forward and backward over the live synapses
-            return _sparse_train().conv2d(self, x, plan)
-        return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
+        return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding})")
-
-
-def _sparse_train():
-    from minievo.sparse import train  # noqa: PLC0415  (minievo.sparse builds on this module)
-
-    return train
-
-
-def _sparse_plan(layer, x):
-    """The layer's sparse-training plan when it applies (see :mod:`minievo.sparse.train`)."""
-    if getattr(layer, "mask", None) is None:
-        return None
-    return _sparse_train().plan_for(layer, x)
 
 
 class MaxPool2d(Module):
@@ -261,7 +279,7 @@ class MaxPool2d(Module):
         self.kernel_size, self.stride = int(kernel_size), stride
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride)
+        return ops.max_pool2d(x, self.kernel_size, self.stride)
 
     def __repr__(self):
         return f"MaxPool2d({self.kernel_size}, stride={self.stride or self.kernel_size})"

@@ -6,7 +6,7 @@ from minievo.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Se
 
 
 def lenet5() -> Sequential:
-    """The Caffe LeNet-5 example (METHOD.md section 6): 430,500 synapses.
+    """The Caffe LeNet-5 example (docs/method.md#experiment): 430,500 synapses.
 
     conv 20@5x5 -> maxpool 2 -> conv 50@5x5 -> maxpool 2 -> linear 800->500 -> ReLU ->
     linear 500->10. Input (N, 1, 28, 28).

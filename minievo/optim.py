@@ -2,7 +2,9 @@
 
 Every optimiser is mask aware: a parameter with a ``mask`` (set by a prunable layer) has its
 gradient, its update and its optimiser state multiplied by the mask, so a pruned synapse stays
-exactly 0 through training, whatever momentum or weight decay would otherwise do.
+exactly 0 through training, whatever momentum or weight decay would otherwise do. This is the
+one place the mask is applied: the layers' forward uses the weight as it is (its masked entries
+are 0), so their gradients there may be non-zero until :meth:`Optimizer.step` masks them.
 """
 
 from __future__ import annotations

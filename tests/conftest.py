@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 
 # Many tiny matrix products: one BLAS thread is faster, and stable on a shared 2-core machine.
@@ -62,11 +63,23 @@ def _native_kernel_cache():
 
 @pytest.fixture
 def dense_layers():
-    """Masked layers take their dense path (im2col + BLAS) for the duration of a test: the
+    """Masked layers take the reference ops (im2col + BLAS) for the duration of a test: the
     reference that the compact and native paths are compared with must not be one of them."""
-    from minievo.sparse import train as sparse_train
+    from minievo import layers
 
-    old = sparse_train.get_mode()
-    sparse_train.set_mode("off")
+    old = layers.use_ops(layers.REFERENCE_OPS)
     yield
-    sparse_train.set_mode(old)
+    layers.use_ops(old)
+
+
+@pytest.fixture(autouse=True)
+def _reference_ops_after_each_test():
+    """A test that turns the accelerator on (minievo.accel.enable, the CLI's default) leaves
+    the next test the reference ops and the default sparse-training mode."""
+    yield
+    from minievo import layers
+
+    layers.use_ops(layers.REFERENCE_OPS)
+    accel_train = sys.modules.get("minievo.accel.sparse_train")
+    if accel_train is not None:
+        accel_train.set_mode("auto")

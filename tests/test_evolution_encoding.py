@@ -1,4 +1,4 @@
-"""The genetic encoding (METHOD.md section 3): strengths, normalisation, probabilities."""
+"""The genetic encoding (docs/method.md#encoding): strengths, normalisation, probabilities."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-generation counts (METHOD.md section 5): synapses, clusters, dead structure, MACs."""
+"""Per-generation counts (docs/method.md#recorded): synapses, clusters, dead structure, MACs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Environmental factor and offspring synthesis (METHOD.md sections 3 and 4)."""
+"""Environmental factor and offspring synthesis (docs/method.md#sampling)."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_sample_layer_mask_is_cluster_draw_then_synapse_draw(xp):
     assert mask.dtype == np.float32
 
 
-# ----- sampling: the consequences METHOD.md pins ---------------------------------------------
+# ----- sampling: docs/method.md#facts ---------------------------------------------
 
 
 def test_dead_synapse_never_returns_and_masks_only_shrink(xp):

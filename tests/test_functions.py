@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import minievo.functions as F
 from minievo.accel import conv as accel_conv
+from minievo.accel import pool as accel_pool
 from minievo.autograd import Tensor, sum_to
 from minievo.backend import get_array_module, to_numpy
 from minievo.functions.conv import col2im, conv_output_size, im2col
@@ -129,10 +130,28 @@ POOL_CASES = [
 ]
 
 
+def _pool_by_loops(x, k, s, gy):
+    """Max pooling and its gradient by loops over output pixels: the first maximum of each
+    window (row-major) gets the gradient."""
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    y, gx = np.empty((n, c, oh, ow)), np.zeros(x.shape)
+    for b, ch, p, q in np.ndindex(n, c, oh, ow):
+        win = x[b, ch, p * s : p * s + k, q * s : q * s + k]
+        i, j = divmod(int(win.argmax()), k)
+        y[b, ch, p, q] = win[i, j]
+        gx[b, ch, p * s + i, q * s + j] += gy[b, ch, p, q]
+    return y, gx
+
+
+POOL_IMPLS = {"reference": F.max_pool2d, "accel_two_pass": accel_pool.max_pool2d}
+
+
 @pytest.mark.parametrize("case", POOL_CASES, ids=[str(c) for c in POOL_CASES])
 @pytest.mark.parametrize("data", ["random", "ties", "constant"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_max_pool2d_matches_reference(case, data, layout, xp):
+@pytest.mark.parametrize("impl", list(POOL_IMPLS))
+def test_max_pool2d_matches_loops(case, data, layout, impl, xp):
     shape, k, s = case
     rng = np.random.default_rng(0)
     if data == "random":
@@ -144,11 +163,19 @@ def test_max_pool2d_matches_reference(case, data, layout, xp):
     x = xp.asarray(a)
     if layout == "channels_last":
         x = _channels_last(xp, x)
-    y, (g,) = _run(F.max_pool2d, [x], kernel_size=k, stride=s)
-    y_ref, (g_ref,) = _run(F.max_pool2d_reference, [x], kernel_size=k, stride=s)
+    y, (g,) = _run(POOL_IMPLS[impl], [x], kernel_size=k, stride=s, gy_seed=1)
+    oh, ow = y.shape[2:]
+    gy = np.random.default_rng(1).standard_normal((shape[0], shape[1], oh, ow))
+    y_ref, g_ref = _pool_by_loops(a, k, k if s is None else s, gy)
     assert_allclose_backends(y, y_ref, rtol=0, atol=0)
     # overlapping windows add several contributions: order of additions may differ
     assert_allclose_backends(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_max_pool2d_keeps_a_non_finite_gradient_in_its_place(xp):
+    x = Tensor(xp.asarray([[[[1.0, 5.0], [2.0, 3.0]]]]), requires_grad=True)
+    F.max_pool2d(x, 2).backward(xp.asarray([[[[np.inf]]]]))
+    assert_allclose_backends(x.grad, np.array([[[[0.0, np.inf], [0.0, 0.0]]]]))
 
 
 def test_max_pool2d_tie_goes_to_first_maximum_in_row_major_order(xp):
@@ -337,17 +364,17 @@ def test_binary_op_gradients_have_input_shapes(pair):
         assert a.grad.shape == big and b.grad.shape == small
 
 
-# ----- glibc malloc tuning (a process-wide setting made on import) ----------------------------
+# ----- glibc malloc tuning (a process-wide setting, made only by minievo.accel.enable) --------
 def test_malloc_tuning_is_idempotent_and_can_be_switched_off():
     import os
     import subprocess
     import sys
 
-    from minievo.functions import _malloc
+    from minievo.accel import malloc
 
-    assert _malloc.tune_glibc_malloc() is _malloc.tune_glibc_malloc()
-    code = "import minievo.functions as F; from minievo.functions import _malloc; " \
-           "print(_malloc._applied)"
+    assert malloc.tune_glibc_malloc() is malloc.tune_glibc_malloc()
+    code = "import minievo.accel as A; from minievo.accel import malloc; A.enable(); " \
+           "print(malloc._applied)"
     env = dict(os.environ, MINIEVO_MALLOPT="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)

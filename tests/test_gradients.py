@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import minievo.functions as F
+from minievo.accel import conv as accel_conv
+from minievo.accel import pool as accel_pool
 from minievo.autograd import Tensor
 from minievo.testing import gradient_check
 
@@ -97,12 +99,10 @@ CASES = {
     "max_pool2d_k2s2_odd": (lambda x: F.max_pool2d(x, 2), [_distinct(1, 2, 5, 5)]),
     "max_pool2d_k3s2": (lambda x: F.max_pool2d(x, 3, 2), [_distinct(2, 2, 7, 5)]),
     "max_pool2d_k3s1": (lambda x: F.max_pool2d(x, 3, 1), [_distinct(1, 2, 5, 6)]),
-    "max_pool2d_reference_k2s2": (lambda x: F.max_pool2d_reference(x, 2),
-                                  [_distinct(2, 2, 4, 6)]),
-    "max_pool2d_reference_k3s2": (lambda x: F.max_pool2d_reference(x, 3, 2),
-                                  [_distinct(2, 2, 7, 5)]),
-    "max_pool2d_reference_k3s1": (lambda x: F.max_pool2d_reference(x, 3, 1),
-                                  [_distinct(1, 2, 5, 6)]),
+    "accel_max_pool2d_k3s2": (lambda x: accel_pool.max_pool2d(x, 3, 2),
+                              [_distinct(2, 2, 7, 5)]),
+    "accel_conv2d_stride2_pad1": (lambda x, w, b: accel_conv.conv2d(x, w, b, stride=2, padding=1),
+                                  [_r(2, 2, 5, 6), _r(3, 2, 3, 3, seed=1), _r(3, seed=2)]),
     "dropout": (_dropout, [_r(4, 5)]),
     "log_softmax": (F.log_softmax, [_r(3, 5)]),
     "log_softmax_axis0": (lambda x: F.log_softmax(x, axis=0), [_r(3, 5)]),

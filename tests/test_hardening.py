@@ -50,7 +50,7 @@ REQUIRE_SANITIZERS = os.environ.get("MINIEVO_REQUIRE_SANITIZERS") == "1"
 @pytest.fixture(autouse=True)
 def _own_settings(monkeypatch):
     """main() sets the sparse training mode and may set MINIEVO_STRICT_NUMERICS: undo both."""
-    from minievo.sparse import train as sparse_train
+    from minievo.accel import sparse_train
 
     monkeypatch.delenv("MINIEVO_STRICT_NUMERICS", raising=False)
     mode = sparse_train.get_mode()
@@ -436,11 +436,14 @@ def test_stale_tmp_files_are_removed_on_start(train_run, tmp_path, capsys):
 
 def test_numerics_settings_are_recorded_and_checked_on_resume(train_run, tmp_path, capsys,
                                                               monkeypatch):
+    import minievo.accel
     from minievo.experiment import numerics_settings
 
     recorded = json.loads((train_run / "config.json").read_text())["numerics"]
-    assert recorded == numerics_settings()
-    assert set(recorded) >= {"sparse_training", "native", "blas_threads"}
+    with minievo.accel.accelerated():  # the CLI's default path
+        assert recorded == numerics_settings()
+    assert set(recorded) >= {"accel", "sparse_training", "native", "blas_threads"}
+    assert recorded["accel"] is True
     out = tmp_path / "run"
     shutil.copytree(train_run, out)
     monkeypatch.setenv("MINIEVO_NATIVE", "0")

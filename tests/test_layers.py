@@ -47,7 +47,11 @@ def test_layer_shapes_and_dtypes(xp):
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
-def test_forward_uses_weight_times_mask(kind, xp):
+def test_mask_is_stored_once_and_applied_by_the_optimiser(kind, xp):
+    """The mask lives on the weight; set_mask zeroes the masked weights and the optimiser keeps
+    them at zero, so the forward (which uses the weight as it is) is the masked product."""
+    from minievo.optim import SGD
+
     rng = np.random.default_rng(0)
     if kind == "linear":
         layer = L.Linear(5, 4)
@@ -56,19 +60,21 @@ def test_forward_uses_weight_times_mask(kind, xp):
         layer = L.Conv2d(2, 3, 3)
         x = Tensor(xp.asarray(rng.standard_normal((2, 2, 5, 5)), dtype=xp.float32))
     mask = (rng.random(layer.weight.shape) > 0.5).astype(np.float32)
+    w0 = to_numpy(layer.weight.data).copy()
     layer.set_mask(xp.asarray(mask))
+    assert layer.mask is layer.weight.mask  # one array, on the weight
     assert np.all(to_numpy(layer.weight.data)[mask == 0] == 0)  # set_mask zeroes them
-    # Even if masked weights become non-zero behind the layer's back, forward ignores them.
-    layer.weight.data += 1.0
-    w_eff = Tensor(layer.weight.data * xp.asarray(mask))
-    if kind == "linear":
-        want = F.linear(x, w_eff, layer.bias)
-    else:
-        want = F.conv2d(x, w_eff, layer.bias)
+    np.testing.assert_array_equal(to_numpy(layer.weight.data)[mask == 1], w0[mask == 1])
+    opt = SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(2):
+        opt.zero_grad()
+        (layer(x) * layer(x)).sum().backward()
+        opt.step()
+    w = to_numpy(layer.weight.data)
+    assert np.all(w[mask == 0] == 0) and np.all(w[mask == 1] != w0[mask == 1])
+    w_eff = Tensor(xp.asarray(w * mask))
+    want = F.linear(x, w_eff, layer.bias) if kind == "linear" else F.conv2d(x, w_eff, layer.bias)
     assert_allclose_backends(layer(x), want, rtol=1e-6, atol=1e-6)
-    # ... and their gradient is zero
-    layer(x).sum().backward()
-    assert np.all(to_numpy(layer.weight.grad)[mask == 0] == 0)
 
 
 def test_set_mask_checks_shape_and_binarises(xp):

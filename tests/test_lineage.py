@@ -114,7 +114,7 @@ def test_lenet5_lineage_writes_tables_plots_and_shrinking_masks(tmp_path):
                  "conv_masks.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
     assert {p.name for p in lineage.paths} >= {"table.csv", "conv_masks.png"}
-    # generation 0 is the dense Caffe LeNet-5 (METHOD.md section 6)
+    # generation 0 is the dense Caffe LeNet-5 (docs/method.md#experiment)
     g0 = rows[0]
     assert (g0["synapses"], g0["clusters_kernel"], g0["clusters_filter"]) == (430500, 1530, 580)
     assert g0["synaptic_efficiency"] == g0["cluster_efficiency_kernel"] == 1.0

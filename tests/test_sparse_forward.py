@@ -232,8 +232,8 @@ def test_tensor_input_and_predict(xp):
 
 
 def test_evolved_lenet5_compact_equals_masked_dense(xp):
-    """Masks from repeated evolutionary synthesis (METHOD.md): whole clusters vanish, filters
-    and neurons die and leave constants behind."""
+    """Masks from repeated evolutionary synthesis (docs/method.md#sampling): whole clusters
+    vanish, filters and neurons die and leave constants behind."""
     import warnings
 
     from minievo.evolution.environment import TargetRetention

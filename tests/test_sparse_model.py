@@ -152,7 +152,8 @@ def test_load_rejects_bad_files(tmp_path):
 
 def test_summary_of_the_dense_lenet5():
     s = sparse.compact(models.lenet5()).summary()
-    assert s.dense_synapses == s.synapses == s.effective_synapses == 430_500  # METHOD.md
+    # docs/method.md#experiment
+    assert s.dense_synapses == s.synapses == s.effective_synapses == 430_500
     assert [r.kernels for r in s.layers] == [20, 1000, 500, 10]
     assert [r.clusters for r in s.layers] == [20, 50, 500, 10]
     assert s.macs_dense == s.macs_effective == 20 * 25 * 576 + 50 * 500 * 64 + 400_000 + 5000

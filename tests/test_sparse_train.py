@@ -1,7 +1,8 @@
-"""Training sparse masked layers through the native kernel (minievo.sparse.train).
+"""Training sparse masked layers through the native kernel (minievo.accel.sparse_train).
 
-The sparse path must give the dense path's loss and gradients (float32 rounding aside), keep
-masked weights at exactly 0 through training, and step aside wherever it does not apply.
+The sparse path must give the reference path's loss and gradients (float32 rounding aside; the
+reference's weight gradient is masked by the optimiser, the sparse one is 0 there already),
+keep masked weights at exactly 0 through training, and step aside wherever it does not apply.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import numpy as np
 import pytest
 
 import minievo.functions as F
+from minievo import accel, models
 from minievo import layers as L
-from minievo import models
+from minievo.accel import sparse_train
 from minievo.autograd import Tensor
 from minievo.kernels import native
 from minievo.optim import SGD
-from minievo.sparse import train as sparse_train
 from minievo.sparse.synthetic import set_random_masks
 from minievo.testing import gradient_check
 
@@ -25,12 +26,22 @@ pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler
 @pytest.fixture(autouse=True)
 def _restore_mode():
     yield
+    accel.disable()
     sparse_train.set_mode("auto")
+
+
+def use(mode: str) -> None:
+    """'reference': the layers' reference ops; else the accelerator in sparse mode ``mode``."""
+    if mode == "reference":
+        accel.disable()
+    else:
+        accel.enable()
+        sparse_train.set_mode(mode)
 
 
 def loss_and_grads(net, x, t, mode):
     """Loss, input gradient and parameter gradients of one forward/backward in ``mode``."""
-    sparse_train.set_mode(mode)
+    use(mode)
     for p in net.parameters():
         p.grad = None
     xt = Tensor(x, requires_grad=True)
@@ -48,7 +59,7 @@ def paths(net) -> list[bool]:
     """Which prunable layers took the sparse path at their last forward."""
     from minievo.layers import prunable_layers
 
-    return [getattr(layer, "sparse_path", False) for _, layer in prunable_layers(net)]
+    return [sparse_train.took_sparse_path(layer.weight) for _, layer in prunable_layers(net)]
 
 
 @pytest.mark.parametrize("n", [1, 63, 64, 130])
@@ -59,15 +70,16 @@ def test_lenet5_gradients_match_the_dense_path(n, density):
                            weight_scale=0.1).train()
     x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
     t = rng.integers(0, 10, n)
-    loss0, gx0, g0 = loss_and_grads(net, x, t, "off")
+    loss0, gx0, g0 = loss_and_grads(net, x, t, "reference")
     loss1, gx1, g1 = loss_and_grads(net, x, t, "on")
     assert all(paths(net))
     assert loss1 == pytest.approx(loss0, rel=1e-5)
     assert_same(gx0, gx1)
     for a, b, p in zip(g0, g1, net.parameters()):
+        if p.mask is not None:
+            assert np.all(b[p.mask == 0] == 0)  # masked entries: exactly 0 on the sparse path
+            a = a * p.mask  # what the optimiser makes of the reference gradient
         assert_same(a, b)
-        if getattr(p, "mask", None) is not None:
-            assert np.all(b[p.mask == 0] == 0)  # masked entries: exactly 0, as in dense
 
 
 @pytest.mark.parametrize("padding", [0, 1, 2])
@@ -80,23 +92,23 @@ def test_padded_convolutions_and_no_bias(padding, bias):
     x = rng.standard_normal((70, 3, 7, 7)).astype(np.float32)
     feats = (7 + 4 * padding - 4) ** 2 * 4
     t = rng.integers(0, feats, 70)
-    loss0, gx0, g0 = loss_and_grads(net, x, t, "off")
+    loss0, gx0, g0 = loss_and_grads(net, x, t, "reference")
     loss1, gx1, g1 = loss_and_grads(net, x, t, "on")
     assert all(paths(net))
     assert loss1 == pytest.approx(loss0, rel=1e-5)
     assert_same(gx0, gx1)
-    for a, b in zip(g0, g1):
-        assert_same(a, b)
+    for a, b, p in zip(g0, g1, net.parameters()):
+        assert_same(a if p.mask is None else a * p.mask, b)
 
 
 def test_training_keeps_masked_weights_zero_and_follows_the_dense_path():
     """Five SGD steps (momentum, weight decay) in each mode end at the same weights."""
     results = {}
-    for mode in ("off", "on"):
+    for mode in ("reference", "off", "on"):
         rng = np.random.default_rng(0)
         net = set_random_masks(models.lenet5(), rng, 0.1, weight_scale=0.1).train()
         opt = SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        sparse_train.set_mode(mode)
+        use(mode)
         for _ in range(5):
             x = rng.standard_normal((32, 1, 28, 28)).astype(np.float32)
             opt.zero_grad()
@@ -106,14 +118,15 @@ def test_training_keeps_masked_weights_zero_and_follows_the_dense_path():
             if getattr(p, "mask", None) is not None:
                 assert np.all(p.data[p.mask == 0] == 0)
         results[mode] = [p.data.copy() for p in net.parameters()]
-    for a, b in zip(results["off"], results["on"]):
-        assert_same(a, b, rtol=1e-4)
+    for mode in ("off", "on"):
+        for a, b in zip(results["reference"], results[mode]):
+            assert_same(a, b, rtol=1e-4)
 
 
 def test_auto_follows_the_cost_model():
     rng = np.random.default_rng(1)
     x = Tensor(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))
-    sparse_train.set_mode("auto")
+    use("auto")
     dense = set_random_masks(models.lenet5(), rng, 1.0)
     dense(x)
     assert not any(paths(dense))
@@ -121,40 +134,44 @@ def test_auto_follows_the_cost_model():
     sparse(x)
     assert all(paths(sparse))
     sparse_train.set_mode("off")
-    assert sparse_train.plan_for(sparse[2], np.zeros((8, 20, 12, 12), np.float32)) is None
+    assert sparse_train.plan_for(sparse[2].weight, np.zeros((8, 20, 12, 12), np.float32)) is None
 
 
 def test_where_the_sparse_path_does_not_apply():
     rng = np.random.default_rng(2)
     sparse_train.set_mode("on")
+    def plan(layer, x):
+        return sparse_train.plan_for(layer.weight, x, layer.stride, layer.padding)
+
     strided = set_random_masks(L.Sequential(L.Conv2d(2, 3, 3, stride=2)), rng, 0.2)[0]
-    assert sparse_train.plan_for(strided, np.zeros((1, 2, 9, 9), np.float32)) is None
+    assert plan(strided, np.zeros((1, 2, 9, 9), np.float32)) is None
     wide_pad = set_random_masks(L.Sequential(L.Conv2d(2, 3, 3, padding=3)), rng, 0.2)[0]
-    assert sparse_train.plan_for(wide_pad, np.zeros((1, 2, 9, 9), np.float32)) is None
+    assert plan(wide_pad, np.zeros((1, 2, 9, 9), np.float32)) is None
     full = L.Conv2d(20, 50, 5)  # an all-ones mask: BLAS, unless the mode forces the kernel
-    assert sparse_train.plan_for(full, np.zeros((1, 20, 12, 12), np.float32)) is not None
+    assert plan(full, np.zeros((1, 20, 12, 12), np.float32)) is not None
     sparse_train.set_mode("auto")
-    assert sparse_train.plan_for(full, np.zeros((1, 20, 12, 12), np.float32)) is None
+    assert plan(full, np.zeros((1, 20, 12, 12), np.float32)) is None
     sparse_train.set_mode("on")
     conv = set_random_masks(L.Sequential(L.Conv2d(2, 3, 3)), rng, 0.2)[0]
-    assert sparse_train.plan_for(conv, np.zeros((1, 2, 9, 9), np.float32)) is not None
-    assert sparse_train.plan_for(conv, np.zeros((1, 2, 9, 9), np.float64)) is None
+    first = plan(conv, np.zeros((1, 2, 9, 9), np.float32))
+    assert first is not None and plan(conv, np.zeros((2, 2, 9, 9), np.float32)) is first
+    assert plan(conv, np.zeros((1, 2, 9, 9), np.float64)) is None
     conv.set_mask(conv.mask.copy())  # a new mask: a new plan
-    assert sparse_train.plan_for(conv, np.zeros((1, 2, 9, 9), np.float32)) is not None
-    assert conv._sparse_plan[0] is conv.mask
+    second = plan(conv, np.zeros((1, 2, 9, 9), np.float32))
+    assert second is not None and second is not first
 
 
 def test_float64_gradient_check_takes_the_dense_path():
     """Gradient checks run in float64, which the kernel does not take: they check the dense
     path, and the tests above tie the sparse path to it."""
     rng = np.random.default_rng(3)
-    sparse_train.set_mode("on")
+    use("on")
     conv = set_random_masks(L.Sequential(L.Conv2d(2, 3, 3)), rng, 0.3)[0]
     conv.weight.data = conv.weight.data.astype(np.float64)
     conv.bias.data = conv.bias.data.astype(np.float64)
     conv.set_mask(conv.mask.astype(np.float64))
     x = rng.standard_normal((2, 2, 5, 5))
-    assert sparse_train.plan_for(conv, x) is None
+    assert sparse_train.plan_for(conv.weight, x) is None
     gradient_check(lambda a: conv(a), [x])
 
 
@@ -164,7 +181,7 @@ def test_without_the_kernel_training_stays_dense(monkeypatch, tmp_path):
     native.reset()
     try:
         rng = np.random.default_rng(4)
-        sparse_train.set_mode("on")
+        use("on")
         net = set_random_masks(models.lenet5(), rng, 0.05).train()
         x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
         F.softmax_cross_entropy(net(Tensor(x)), rng.integers(0, 10, 4)).backward()

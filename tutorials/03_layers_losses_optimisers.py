@@ -114,8 +114,10 @@ print("one batch:", xb.shape, xb.dtype, yb.shape, yb.dtype, f"mean {xb.mean():.3
 # the synapse does not exist).
 #
 # Every `Linear` and `Conv2d` also carries a **mask**, the same shape as its weight, all ones
-# at first. The forward pass uses $W \odot M$. This mask is the *genotype* of the evolutionary
-# synthesis of chapters 5-8; for now it is just ones.
+# at first, stored once, on the weight (`layer.weight.mask`, read as `layer.mask`).
+# `set_mask` zeroes the masked weights, so $W = W \odot M$ and the forward pass simply uses
+# $W$; the optimiser (section 4) keeps it that way. This mask is the *genotype* of the
+# evolutionary synthesis of chapters 5-8 (docs/method.md#notation); for now it is just ones.
 
 # %%
 init.manual_seed(0)
@@ -194,7 +196,8 @@ print(f"loss {float(loss.data):.4f}; gradient (rows sum to 0):\n{z.grad}")
 #
 # Every optimiser in minievo is *mask aware*: `Optimizer.step` multiplies the gradient, the
 # updated weight and the optimiser's state by the parameter's mask, so a pruned synapse stays
-# exactly zero through training. Evolution depends on that.
+# exactly zero through training. This is the one place the mask is applied. Evolution depends
+# on it.
 #
 # The experiment below trains the same initial network with four optimiser settings (plain
 # SGD, SGD with momentum, SGD with Nesterov momentum and weight decay, Adam) for the same

@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data_loaders as dl
+import minievo.accel
 from minievo import checkpoint, init, models, optim, training, tutorial
 from minievo import functions as F
 from minievo.autograd import Tensor, no_grad
@@ -281,8 +282,13 @@ save(fig, "04_lenet5_budget.png")
 # weight decay 5e-4, "inv" schedule, batch 64). On the full MNIST a few epochs reach about
 # 99% test accuracy; the `paper-mnist` preset trains its ancestor for 8. In fast mode, one epoch on
 # 1,024 synthetic images.
+#
+# Several epochs are a long experiment, so this cell switches on minievo's accelerator, which
+# computes the same functions with faster memory layouts (chapter 7 explains it; comment the
+# line out to train on the reference ops you just built, about twice as slow).
 
 # %%
+minievo.accel.enable()  # the fast path for the long run (chapter 7)
 EPOCHS = 1 if FAST else 5
 train_loader = dl.DataLoader(x_train, y_train, batch_size=64, shuffle=True, seed=0,
                              normalize=info.normalize)

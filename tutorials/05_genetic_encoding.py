@@ -148,7 +148,7 @@ save(fig, "05_synapse_probability.png")
 # ## 3. Synaptic clusters
 #
 # A cluster is a group of synapses inherited or lost together. The project's default
-# (METHOD.md, "kernel" granularity):
+# (docs/method.md#clusters, "kernel" granularity):
 #
 # * **Conv2d** weight (O, I, kh, kw): cluster (o, i) is the kh·kw kernel joining input map i
 #   to output map o, so conv2 has 50 x 20 = 1,000 clusters of 25 synapses. The coarser

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import data_loaders as dl
+import minievo.accel
 from minievo import checkpoint, init, models, optim, training, tutorial
 from minievo.evolution import (
     EnvironmentalFactor,
@@ -59,9 +60,12 @@ save = tutorial.figure_saver(FIGURES)
 # Every generation is trained with the same recipe (the Caffe solver of chapters 3 and 4) for
 # one epoch, with a fresh optimiser. Full mode uses MNIST and the ancestor of chapter 4 when it
 # was saved; fast mode uses 3,072 synthetic images, too little training for the accuracies to
-# mean much.
+# mean much. Training many generations is a long experiment: the first line switches on the
+# accelerator (same functions, faster layouts and a compiled kernel for sparse layers; chapter 7
+# explains it).
 
 # %%
+minievo.accel.enable()  # the fast path for the long run (chapter 7)
 GENERATIONS = 3 if FAST else 7
 ANCESTOR_EPOCHS = 1 if FAST else 3
 OFFSPRING_EPOCHS = 1
@@ -118,7 +122,7 @@ print(f"generation 0 on {DATASET}: test accuracy {100 * accuracy(ancestor):.2f}%
 # %% [markdown]
 # ## 2. One generation, step by step
 #
-# METHOD.md section 4 lists the five steps of a generation:
+# docs/method.md#generation lists the five steps of a generation:
 #
 # 1. **Encode** the ancestor: synapse probabilities $p_j$ and cluster probabilities $P_c$
 #    (chapter 5).
@@ -132,7 +136,7 @@ print(f"generation 0 on {DATASET}: test accuracy {100 * accuracy(ancestor):.2f}%
 # 5. **Evaluate** and record the generation's row; the offspring becomes the next ancestor.
 #
 # Here is one generation with the paper's constant environmental factor $F_c = F_s = 1$ and
-# METHOD.md's normalisation (each layer's strongest synapse and cluster get probability 1).
+# the literal normalisation (docs/method.md#normalisation: each layer's strongest synapse and cluster get probability 1).
 
 # %%
 rng = np.random.default_rng([SEED, 1])
@@ -155,7 +159,7 @@ print(f"offspring after {OFFSPRING_EPOCHS} epoch(s) of training: {100 * accuracy
 # than 100x fewer synapses at once, losing ten points of accuracy. The paper's model has no
 # knob to go *slower* than that.
 #
-# The project's default run therefore controls the pace (a documented extension, METHOD.md
+# The project's default run therefore controls the pace (a documented extension, docs/method.md#presets
 # "decision", README "Results"): `QuantileRetention` keeps $F = 1$ but moves the reference
 # strength that gets probability 1 from the layer's maximum to a quantile $q$ of the live
 # strengths, $p_j = \min(1, 2^{a_j / a_{(q)}} - 1)$, with $q$ solved each generation so
@@ -167,7 +171,7 @@ print(f"offspring after {OFFSPRING_EPOCHS} epoch(s) of training: {100 * accuracy
 # %% [markdown]
 # ## 3. The generation loop
 #
-# Now the loop. Each row records what METHOD.md section 5 asks for: synapses and the
+# Now the loop. Each row records what docs/method.md#recorded asks for: synapses and the
 # synaptic efficiency $\text{synapses}(0) / \text{synapses}(g)$; clusters at kernel and at
 # filter granularity and their efficiencies; multiply-accumulates per image; test accuracy,
 # both right after sampling and after retraining. `model_metrics` also counts the
@@ -329,7 +333,7 @@ save(fig, "06_kernel_masks.png")
 #    that say about what the offspring inherits?
 # 4. Run the loop with `granularity="filter"` in `synthesize_offspring` (and in the
 #    `QuantileRetention.solve` call). Compare the cluster efficiencies and the conv2 pictures.
-# 5. Run the loop with the paper's literal setting (no `synapse_quantile`, METHOD.md's
+# 5. Run the loop with the paper's literal setting (no `synapse_quantile`, docs/method.md#normalisation's
 #    per-layer normalisation) for three generations and watch the pace of section 2.
 # 6. The accuracy "right after sampling" drops sharply, yet one epoch repairs most of it.
 #    Plot the accuracy after each *batch* of that epoch for one generation.

@@ -44,13 +44,15 @@ if "ipykernel" not in sys.modules:  # as a script: draw into files only
 import matplotlib.pyplot as plt
 import numpy as np
 
+import minievo.accel
 from minievo import backend, init, kernels, models, sparse, tutorial
+from minievo import functions as F
+from minievo.accel import sparse_train
 from minievo.autograd import Tensor, no_grad
 from minievo.evolution import EnvironmentalFactor, apply_offspring_init, synthesize_offspring
 from minievo.layers import prunable_layers
 from minievo.sparse import gpu as sparse_gpu
 from minievo.sparse import reference as ref
-from minievo.sparse import train as sparse_train
 
 # Fast mode, the figures folder and save(fig, name): the set-up all chapters share.
 FAST = tutorial.fast_mode()
@@ -133,7 +135,7 @@ save(fig, "07_kernel_csr.png")
 # ## 3. `compact(model)`: removing dead structure
 #
 # `sparse.compact` applies this to a whole model, and first removes every piece of *dead
-# structure* (METHOD.md section 5): an output map or neuron with no live incoming synapse
+# structure* (docs/method.md#dead-structure): an output map or neuron with no live incoming synapse
 # computes a constant, so the synapses that read it do no work either. The compact model
 # folds those constants into the next layer's bias, drops the dead maps and neurons, and
 # re-indexes what remains. Its forward pass must equal the masked dense forward to float
@@ -152,7 +154,60 @@ y_compact = cm(x)
 print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked).max():.2e}")
 
 # %% [markdown]
-# ## 4. The CPU path, measured
+# ## 4. The accelerator: `minievo.accel`
+#
+# Everything the chapters built so far is the *reference path*: plain NCHW arrays, im2col and
+# one GEMM per convolution, a max-pool that copies its windows, masked layers that multiply
+# every zero. It is what you read and what the assignments grade. The library also carries a
+# *fast path*, in its own package `minievo.accel`, that computes the same functions
+# differently:
+#
+# * `minievo.accel.conv`: the same im2col, but activations live **channels-last** in memory,
+#   (N, H, W, C) handed around as (N, C, H, W) views, so that the patch copy moves runs of
+#   kw·C floats and the GEMM's result already is the next layer's input;
+# * `minievo.accel.pool`: max pooling in two separable passes over strided views;
+# * `minievo.accel.sparse_train`: a masked layer sparse enough trains through the compiled C
+#   kernel of this chapter, over its live synapses only (forward, input gradient and weight
+#   gradient), chosen per layer by the cost models of `minievo.sparse.cpu`;
+# * a glibc allocator setting that keeps large per-step buffers in the process.
+#
+# It is switched on in **one place**, explicitly, the way MiniTorch picks a `TensorBackend`:
+# the layers look their ops up in one table, `minievo.layers.ops`, and
+# `minievo.accel.enable()` installs the accelerator's table there (`disable()` puts the
+# reference back, `with minievo.accel.accelerated(): ...` does it for a block). Importing
+# minievo never does it; the `minievo` command does, unless you pass `--no-accel`. Every fast
+# op is tested against its reference, values and gradients (`tests/test_functions.py`,
+# `tests/test_sparse_train.py`). Below: one training step of a sparse LeNet-5 on each path.
+
+# %%
+def best_time(fn, repeat):
+    fn()  # warm-up (BLAS threads, caches, the kernel's first build)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def train_step_time(net, on: bool, repeat: int) -> float:
+    xs = np.random.default_rng(3).normal(size=(64, 1, 28, 28)).astype(np.float32)
+    ts = np.random.default_rng(4).integers(0, 10, 64)
+    with minievo.accel.accelerated(on):
+        return best_time(lambda: F.softmax_cross_entropy(net(Tensor(xs)), ts).backward(),
+                         repeat)
+
+
+net_sparse = lineage[-1].train()
+t_ref = train_step_time(net_sparse, False, 2 if FAST else 10)
+t_acc = train_step_time(net_sparse, True, 2 if FAST else 10)
+print(f"one training step, batch 64, round {len(lineage) - 1} network: reference "
+      f"{1e3 * t_ref:.1f} ms, accelerated {1e3 * t_acc:.1f} ms ({t_ref / t_acc:.1f}x); "
+      f"layers on the sparse kernel: "
+      f"{[sparse_train.took_sparse_path(layer.weight) for _, layer in prunable_layers(net_sparse)]}")
+
+# %% [markdown]
+# ## 5. The CPU path, measured
 #
 # On the CPU each compact layer runs one of three ways, chosen per layer by small cost models
 # fitted to measurements (`minievo.sparse.cpu.choose_conv_method`):
@@ -167,7 +222,7 @@ print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked)
 # * `"dense"`: the compacted weight as a dense matrix (BLAS): best when a layer is still dense.
 #
 # Without a C compiler (or with `MINIEVO_NATIVE=0`) the first is skipped. The same kernel
-# also *trains* sparse masked layers (`minievo.sparse.train`): the input gradient is the same
+# also *trains* sparse masked layers (`minievo.accel.sparse_train`): the input gradient is the same
 # convolution run backwards (output gradient in, synapses regrouped by input map, taps
 # flipped), and the weight gradient is one dot product per live synapse. Below, the time per
 # image of the masked dense model against its compact form for every round of the lineage,
@@ -176,23 +231,15 @@ print(f"compact against masked dense: max |diff| = {np.abs(y_compact - y_masked)
 # synapses.
 
 # %%
-def best_time(fn, repeat):
-    fn()  # warm-up (BLAS threads, caches)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 batch = 256 if FAST else 1000
 repeat = 3 if FAST else 10
 xb = np.random.default_rng(2).normal(size=(batch, 1, 28, 28)).astype(np.float32)
 rows = []
 for g, m in enumerate(lineage):
     c = sparse.compact(m)
-    sparse_train.set_mode("off")  # time the masked dense model on its im2col + BLAS path
+    # the masked dense model on the accelerator's im2col + BLAS path (no sparse kernel)
+    minievo.accel.enable()
+    sparse_train.set_mode("off")
     with no_grad():
         t_dense = best_time(lambda m=m: m(Tensor(xb)), repeat)
     sparse_train.set_mode("auto")
@@ -217,7 +264,7 @@ ax.legend()
 save(fig, "07_cpu_speed.png")
 
 # %% [markdown]
-# ## 5. A walk through the CUDA kernel
+# ## 6. A walk through the CUDA kernel
 #
 # On a GPU the compact convolution is one CUDA kernel, `minievo/kernels/sparse_conv2d.cu`,
 # shipped with the package and compiled at first use by CuPy (`minievo.kernels.get_kernel`).
@@ -273,7 +320,7 @@ else:
     print("no CUDA compiler here (pip install nvidia-cuda-nvrtc-cu12 cupy-cuda12x, or nvcc)")
 
 # %% [markdown]
-# ## 6. Running CUDA on the CPU: the emulator
+# ## 7. Running CUDA on the CPU: the emulator
 #
 # How do we test a GPU kernel on a machine without a GPU? minievo compiles the *same* `.cu`
 # file with g++ and a small header, `minievo/kernels/cuda_emu.h`, that defines what CUDA
@@ -332,7 +379,7 @@ else:
     save(fig, "07_emulator.png")
 
 # %% [markdown]
-# ## 7. On a GPU
+# ## 8. On a GPU
 #
 # Where CuPy finds a GPU, the compact model moves there with `cm.to("cupy")` and runs its
 # layers through the RawKernels. (The timings include no transfer: the data is moved to the
@@ -364,8 +411,8 @@ if backend.cupy_available():
     print(f"GPU, batch 4096: masked dense {1e3 * t_dense:.2f} ms, compact {1e3 * t_compact:.2f}"
           f" ms; max |diff| {diff:.2e}")
 else:
-    print("No usable GPU here: the compact model ran on the CPU (section 4) and the CUDA "
-          "source in the emulator (section 6). On a GPU machine this cell times both.")
+    print("No usable GPU here: the compact model ran on the CPU (section 5) and the CUDA "
+          "source in the emulator (section 7). On a GPU machine this cell times both.")
 
 # %% [markdown]
 # ## Your turn: the kernel's tile loop (task 7.2)
@@ -410,7 +457,7 @@ for k in (1, 3, 5, 7):
 # 1. **Task 7.1** (`minievo/sparse/reference.py`, `kernel_csr`): build `indptr`, `indices`
 #    and `kernels` from a weight and its mask. Rows in output-map order, input maps increasing
 #    within a row, int32 indices, float32 kernels with the masked taps zeroed.
-# 2. In section 4, force `sparse.compact(m, method=...)` to `"native"`, `"csr"` and `"dense"`
+# 2. In section 5, force `sparse.compact(m, method=...)` to `"native"`, `"csr"` and `"dense"`
 #    in turn and plot the three curves: where do they cross? Compare with the cost models in
 #    `minievo/sparse/cpu.py`. Then change `MINIEVO_NB` in `sparse_cpu.c` (images per tile)
 #    to 16 and 32: why does the kernel get slower with fewer sums in flight?

@@ -41,6 +41,7 @@ if "ipykernel" not in sys.modules:  # as a script: draw into files only
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+import minievo.accel
 from minievo import checkpoint, models, sparse, tutorial
 from minievo.evolution.lineage import PRESETS, EvolutionConfig, Lineage
 from minievo.evolution.report import markdown_table
@@ -54,7 +55,7 @@ save = tutorial.figure_saver(FIGURES)
 # %% [markdown]
 # ## 1. The experiment
 #
-# METHOD.md section 6 fixes the setting:
+# docs/method.md#experiment fixes the setting:
 #
 # * **Ancestor:** conv 20@5x5 -> maxpool 2 -> conv 50@5x5 -> maxpool 2 -> linear 800->500 ->
 #   ReLU -> linear 500->10: 430,500 synapses; 1,530 clusters at kernel granularity
@@ -64,7 +65,7 @@ save = tutorial.figure_saver(FIGURES)
 # * **Each generation:** encode, synthesise under the environmental factor, inherit the
 #   surviving weights, retrain, evaluate (chapters 5 and 6).
 # * **The papers leave open** how many epochs a generation trains, the value of the
-#   environmental factor and how the probabilities are normalised. METHOD.md records the
+#   environmental factor and how the probabilities are normalised. docs/method.md#decisions records the
 #   project's decisions, and the `paper-mnist` preset is the calibrated default run.
 #
 # `Lineage` runs it with checkpoints (an interrupted run resumes with the same command and
@@ -96,6 +97,7 @@ else:
         overrides = {}
         run_dir = RUNS / "ch08-quick"
     cfg = EvolutionConfig(**{**PRESETS["quick"], **overrides})
+    minievo.accel.enable()  # the fast path, as `minievo evolve` uses it (chapter 7)
     print(f"running a small lineage into {run_dir} (rerun to resume): {cfg.generations} "
           f"generations of {cfg.model} on {cfg.dataset}")
     rows = Lineage(cfg, run_dir, progress=not FAST).run()
@@ -178,7 +180,7 @@ save(fig, "08_efficiency.png")
 # %% [markdown]
 # ## 5. Against other ways of sparsifying LeNet-5
 #
-# METHOD.md section 6 lists results on the same network. They were obtained with different
+# docs/method.md#comparisons lists results on the same network. They were obtained with different
 # training budgets and selection rules, so read the comparison as orientation, not as a
 # ranking:
 #
@@ -266,7 +268,7 @@ if not RUN and FAST:
 #   column) remove dead structure and are what the compact model executes; both are reported.
 # * The environmental factor and the normalisation are the method's free parameters. The
 #   preset's values were calibrated on this project's machine so that about a dozen
-#   generations pass 125x (METHOD.md asks for 10-15); a different budget per generation moves
+#   generations pass 125x (docs/method.md#experiment asks for 10-15); a different budget per generation moves
 #   the curve.
 # * One lineage is one sample of a random process: a different seed gives a different table.
 #   Run several seeds before claiming a difference of a few tenths of a point.

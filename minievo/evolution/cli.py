@@ -35,9 +35,10 @@ def add_commands(sub, add_common) -> None:
     p.add_argument("--granularity", help="conv cluster granularity: kernel or filter")
     p.add_argument("--offspring-init", help="inherit, reinit or rewind")
     p.add_argument("--normalisation-scope",
-                   help="layer (METHOD.md) or network: where Z_s is taken")
+                   help="layer (the literal model, docs/method.md#normalisation) or "
+                        "network: where Z_s is taken")
     p.add_argument("--synapse-quantile", type=float,
-                   help="quantile of live synapse strengths given p = 1 (1 = max, METHOD.md)")
+                   help="quantile of live synapse strengths given p = 1 (1 = max, literal)")
     p.add_argument("--cluster-quantile", type=float,
                    help="quantile of live cluster strengths given P = 1 (1 = max)")
     p.add_argument("--offspring-per-generation", type=int,

@@ -1,4 +1,4 @@
-"""The synaptic cluster-driven genetic encoding (METHOD.md section 3).
+"""The synaptic cluster-driven genetic encoding (docs/method.md#encoding).
 
 The trained ancestor is the "DNA" of its offspring. For one layer with ancestor weights ``W`` and
 mask ``M`` (the genotype: 1 = the synapse exists) the encoding is, in the paper's words:
@@ -215,8 +215,9 @@ def cluster_strength(weight, mask=None, granularity: str = "kernel"):
 def reference_strength(strength, quantile: float = 1.0) -> float:
     """The strength that gets probability exactly 1: the max, or a quantile of live strengths.
 
-    METHOD.md fixes the reference at the maximum (``quantile=1``). A quantile below 1 is this
-    project's documented extension: strengths above it get p = min(1, ...) = 1, which raises
+    The literal model (docs/method.md#normalisation) fixes the reference at the maximum
+    (``quantile=1``). A quantile below 1 is this project's documented extension (see
+    docs/method.md#presets): strengths above it get p = min(1, ...) = 1, which raises
     the retention of a generation above what the maximum allows (see README, "Results").
     Returns 0.0 when nothing is alive.
     """
@@ -243,7 +244,7 @@ def normalisation(strength, quantile: float = 1.0) -> float:
 def _probability(strength, reference: float | None = None):
     """exp(s / Z) - 1 with Z = s_ref / ln 2, which equals 2 ** (s / s_ref) - 1, capped at 1.
 
-    ``reference`` defaults to max s (METHOD.md), where the cap never bites.
+    ``reference`` defaults to max s (docs/method.md#normalisation), where the cap never bites.
     """
     # BEGIN SOLUTION task 5.2
     xp = get_array_module(strength)
@@ -352,7 +353,7 @@ def encode_layer(
         granularity: "kernel" or "filter" for a Conv2d weight, "neuron" for a Linear weight.
         protect_clusters: mark the layer's clusters as never dropped (the output layer).
         name: a label for messages and statistics.
-        synapse_reference: the strength given p = 1 (default: this layer's max, METHOD.md);
+        synapse_reference: the strength given p = 1 (default: this layer's max, the literal model);
             see :func:`encode` for the network-wide and quantile options.
         cluster_quantile: quantile of the live cluster strengths given P = 1 (1 = the max).
 
@@ -361,7 +362,7 @@ def encode_layer(
     """
     check_granularity(granularity, weight.ndim)
     a = synapse_strength(weight, mask)
-    big_a = a.sum(axis=_CLUSTER_AXES[granularity])
+    big_a = cluster_strength(weight, mask, granularity)  # task 5.1, the function students write
     s_ref = reference_strength(a) if synapse_reference is None else synapse_reference
     c_ref = reference_strength(big_a, cluster_quantile)
     return GeneticEncoding(
@@ -418,7 +419,7 @@ def encode(
     model_or_layers, granularity: str = "kernel", protect_output: bool = True, *,
     synapse_quantile: float = 1.0, cluster_quantile: float = 1.0, scope: str = "layer",
 ) -> dict[str, GeneticEncoding]:
-    """Encode every prunable layer of the ancestor (METHOD.md section 3).
+    """Encode every prunable layer of the ancestor (docs/method.md#encoding).
 
     Conv2d layers use ``granularity`` ("kernel" or "filter"); Linear layers always use "neuron".
 
@@ -428,8 +429,8 @@ def encode(
         protect_output: mark the last prunable layer (the output layer, whose neurons are the
             classes) so that its clusters are never dropped.
         synapse_quantile, cluster_quantile: the reference strength that gets probability 1 is
-            this quantile of the live strengths; 1 (default) is the maximum of METHOD.md.
-        scope: "layer" (default, METHOD.md): Z_s per layer; "network": one Z_s for all layers,
+            this quantile of the live strengths; 1 (default) is the literal maximum.
+        scope: "layer" (default, literal): Z_s per layer; "network": one Z_s for all layers,
             so synapses compete by strength across the whole network (clusters, whose sizes
             differ between layers, keep a per-layer Z_c).
 

@@ -1,7 +1,7 @@
 """The environmental factor: how hard the environment presses each generation to be smaller.
 
-METHOD.md section 3: with cluster probability P_c and synapse probability p_j from the genetic
-encoding, the offspring keeps
+docs/method.md#environmental-factor: with cluster probability P_c and synapse probability p_j
+from the genetic encoding, the offspring keeps
 
     synaptic cluster c            with probability  min(1, F_c * P_c)
     synapse j inside a kept c     with probability  min(1, F_s * p_j)
@@ -218,7 +218,7 @@ class TargetRetention:
 class QuantileRetention:
     """Keep ``fraction`` of the synapses in expectation by moving the normalisation, not F.
 
-    A project extension (README, "Results"): with METHOD.md's normalisation (the strongest
+    A project extension (README, "Results"): with the literal normalisation (the strongest
     synapse gets p = 1) a trained LeNet-5 keeps only about 20-30% of its synapses per generation
     even at F = 1, and a factor F < 1 drops strong synapses as readily as weak ones. Here the
     environmental factor stays as configured (default F = 1) and the reference strength that
@@ -227,7 +227,7 @@ class QuantileRetention:
         p_j = min(1, exp(a_j / Z_s) - 1),  Z_s = quantile_q(a) / ln 2,
 
     with q solved by bisection so that the expected retention R(q) equals ``fraction``. R is
-    non-increasing in q, and q = 1 is METHOD.md's maximum. Synapses stronger than the reference
+    non-increasing in q, and q = 1 is the literal maximum. Synapses stronger than the reference
     are always inherited; weaker ones with probability 2^(a / ref) - 1.
 
     Attributes:
@@ -253,7 +253,7 @@ class QuantileRetention:
             return expected_retention(encode(layers, synapse_quantile=q, **encode_options), env)
 
         r_max = retention(1.0)
-        if r_max >= self.fraction:  # even METHOD.md's normalisation keeps enough
+        if r_max >= self.fraction:  # even the literal normalisation keeps enough
             return 1.0, r_max
         lo, hi = 1e-6, 1.0  # R(lo) is the most any q can keep
         r_lo = retention(lo)

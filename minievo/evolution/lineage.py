@@ -1,4 +1,4 @@
-"""The generation loop (METHOD.md section 4): a lineage of ever sparser networks.
+"""The generation loop (docs/method.md#generation): a lineage of ever sparser networks.
 
 Generation 0 is the ancestor: a dense network trained from scratch. Each later generation
 
@@ -70,7 +70,7 @@ class EvolutionConfig:
     target_retention: float | None = None
     granularity: str = "kernel"
     offspring_init: str = "inherit"
-    # normalisation of the encoding (METHOD.md: per layer, reference = the maximum)
+    # normalisation of the encoding (docs/method.md#normalisation: per layer, at the maximum)
     normalisation_scope: str = "layer"
     synapse_quantile: float = 1.0
     cluster_quantile: float = 1.0

@@ -1,4 +1,4 @@
-"""What is recorded per generation (METHOD.md section 5): synapses, clusters, efficiencies, MACs.
+"""What is recorded per generation (docs/method.md#recorded): synapses, clusters, efficiency, MACs.
 
 Three sets of counts are kept for every prunable layer and for the whole model:
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minievo.backend import to_numpy
+from minievo.functions.conv import conv_output_size
 from minievo.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 SUPPORTED_LAYERS = (Conv2d, MaxPool2d, ReLU, Flatten, Linear, Dropout)
@@ -196,13 +197,6 @@ def _leaf_layers(model) -> list[tuple[str, object]]:
     return out
 
 
-def _output_size(size: int, k: int, stride: int, padding: int, what: str) -> int:
-    out = (size + 2 * padding - k) // stride + 1
-    if out < 1:
-        raise ValueError(f"{what}: input size {size} is too small for kernel {k}")
-    return out
-
-
 def _mask(layer) -> np.ndarray:
     """The layer's mask as a NumPy boolean array (all True when it has none)."""
     if getattr(layer, "mask", None) is None:
@@ -258,8 +252,8 @@ def model_metrics(model, input_shape: tuple[int, ...] = (1, 28, 28)) -> ModelMet
                     f"gets {shape}"
                 )
             o, _, kh, kw = layer.weight.shape
-            out_h = _output_size(shape[1], kh, layer.stride, layer.padding, f"layer {name}")
-            out_w = _output_size(shape[2], kw, layer.stride, layer.padding, f"layer {name}")
+            out_h = conv_output_size(shape[1], kh, layer.stride, layer.padding)
+            out_w = conv_output_size(shape[2], kw, layer.stride, layer.padding)
             mask = _mask(layer)
             # Synapses reading a dead input channel do nothing: drop them.
             effective_mask = mask & alive[None, :, None, None]
@@ -294,8 +288,8 @@ def model_metrics(model, input_shape: tuple[int, ...] = (1, 28, 28)) -> ModelMet
             s = k if layer.stride is None else int(layer.stride)
             shape = (
                 shape[0],
-                _output_size(shape[1], k, s, 0, f"layer {name}"),
-                _output_size(shape[2], k, s, 0, f"layer {name}"),
+                conv_output_size(shape[1], k, s, 0),
+                conv_output_size(shape[2], k, s, 0),
             )
             continue  # channels map one to one: a constant map pools to a constant map
         elif isinstance(layer, Flatten):

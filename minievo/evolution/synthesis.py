@@ -1,4 +1,4 @@
-"""Evolutionary synthesis: sample the offspring of an ancestor (METHOD.md sections 3 and 4).
+"""Evolutionary synthesis: sample the offspring of an ancestor (docs/method.md#sampling).
 
 One generation's synthesis, per prunable layer (Conv2d, Linear), with the genetic encoding
 (P_c, p_j) of the ancestor and the environmental factor (F_c, F_s):
@@ -218,7 +218,7 @@ def synthesize_offspring(
         protect_output: never drop the last prunable layer's neurons (the classes) as clusters.
         return_stats: also return an :class:`OffspringStats`.
         **encoding_options: normalisation options of :func:`minievo.evolution.encoding.encode`
-            (synapse_quantile, cluster_quantile, scope); the defaults are METHOD.md's.
+            (synapse_quantile, cluster_quantile, scope); the defaults are the literal model's.
 
     Returns:
         The list of offspring masks, one per prunable layer in forward order (0/1 arrays with
@@ -290,7 +290,9 @@ def apply_offspring_init(
     generation0_state: dict | None = None,
     rng=None,
 ):
-    """Give the offspring its starting weights and install its masks (METHOD.md section 4, 3).
+    """Give the offspring its starting weights and install its masks.
+
+    See docs/method.md#offspring-init.
 
     ``offspring_init`` modes (decision; option of the run):
 

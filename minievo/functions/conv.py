@@ -63,7 +63,7 @@ def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
     n, c, h, w = x.shape
     oh = conv_output_size(h, kh, stride, padding)
     ow = conv_output_size(w, kw, stride, padding)
-    xpad = get_array_module(x).ascontiguousarray(pad2d(x, padding))
+    xpad = pad2d(x, padding)
     sn, sc, sh, sw = xpad.strides
     # view[n, oh, ow, c, i, j] = xpad[n, c, oh*stride + i, ow*stride + j]
     view = as_strided(xpad, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw))
@@ -83,13 +83,13 @@ def col2im(dcols, x_shape, kh: int, kw: int, stride: int = 1, padding: int = 0):
     n, c, h, w = x_shape
     oh = conv_output_size(h, kh, stride, padding)
     ow = conv_output_size(w, kw, stride, padding)
-    d = dcols.reshape(n, oh, ow, c, kh, kw)
+    # (N, C, kh, kw, OH, OW): d[n, c, i, j] is the gradient of every patch's (c, i, j) entry
+    d = xp.ascontiguousarray(dcols.reshape(n, oh * ow, -1).transpose(0, 2, 1))
+    d = d.reshape(n, c, kh, kw, oh, ow)
     dx = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=dcols.dtype)
     for i in range(kh):  # one strided add per kernel offset (i, j)
         for j in range(kw):
-            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += (
-                d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-            )
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += d[:, :, i, j]
     return dx[:, :, padding : padding + h, padding : padding + w]
     # END SOLUTION
 
@@ -143,7 +143,7 @@ class Conv2d(Function):
         if self.needs_grad[1]:
             gw = (g.T @ self.cols).reshape(self.w_shape)
         if self.has_bias and self.needs_grad[2]:
-            gb = g.sum(axis=0)
+            gb = gy.sum(axis=(0, 2, 3))
         if self.needs_grad[0]:
             gx = col2im(g @ self.w_mat, self.x_shape, kh, kw, stride, padding)
         return (gx, gw, gb) if self.has_bias else (gx, gw)

@@ -47,7 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minievo.checkpoint import _umask as checkpoint_umask
+from minievo.checkpoint import current_umask as checkpoint_umask
+from minievo.functions.conv import conv_output_size
 
 from . import KERNEL_DIR
 
@@ -406,8 +407,8 @@ class NativeKernel:
         if pool is not None and not (1 <= pool[0] <= min(oh, ow) and pool[1] >= 1):
             raise ValueError(f"{what}: max pooling (size {pool[0]}, stride {pool[1]}) needs a "
                              f"size in 1..{min(oh, ow)} and a stride >= 1")
-        ph, pw = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
-                                                (ow - pool[0]) // pool[1] + 1)
+        ph, pw = (oh, ow) if pool is None else (conv_output_size(oh, pool[0], pool[1], 0),
+                                                conv_output_size(ow, pool[0], pool[1], 0))
         n_end = _batch_range(n_begin, n_end, n)
         checks = [("x", x, np.float32, None), ("syn_ptr", syn_ptr, np.int32, (o + 1,)),
                   ("off", off, np.int32, None),

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from numpy.lib.stride_tricks import as_strided
 
 from minievo.kernels import native
-from minievo.sparse.reference import conv_output_hw
+from minievo.sparse.reference import conv_output_hw, row_pointers
 
 METHODS = ("native", "csr", "dense")
 
@@ -116,7 +116,7 @@ def set_num_threads(n: int) -> None:
             _pool = None
 
 
-def _run_parallel(fn, parts: list) -> None:
+def run_parallel(fn, parts: list) -> None:
     """Run fn(part) for every part; on the pool when there is more than one part."""
     global _pool
     if len(parts) <= 1:
@@ -178,20 +178,32 @@ def _check_method(method: str) -> None:
         native.load()  # raises NativeUnavailable with the reason
 
 
-try:  # y += A @ X in place; the public `A @ X` would need an extra pass to add the result
-    from scipy.sparse._sparsetools import csr_matvecs as _csr_matvecs
-except ImportError:  # pragma: no cover - a future scipy may move it; the fallback is correct
-    _csr_matvecs = None
+def scipy_csr_matvecs():
+    """scipy's in-place kernel ``csr_matvecs`` (y += A @ X), or None where it is missing.
+
+    It is private SciPy API (``scipy.sparse._sparsetools``), used only through
+    :func:`accumulate`, which falls back to the public ``y += A @ X`` (one more pass) when a
+    SciPy release moves or drops it; the tests run both ways.
+    """
+    try:
+        from scipy.sparse._sparsetools import csr_matvecs  # noqa: PLC0415
+    except ImportError:
+        return None
+    return csr_matvecs
 
 
-def _accumulate(matrix, v: np.ndarray, y: np.ndarray) -> None:
+_CSR_MATVECS = scipy_csr_matvecs()
+
+
+def accumulate(matrix, v: np.ndarray, y: np.ndarray, in_place_kernel: bool = True) -> None:
     """y += matrix @ v for C-contiguous float32 v (K, L) and y (O, L).
 
     A csr matrix goes through scipy's own kernel, which adds into y in place (the public
-    ``matrix @ v`` would allocate the product and need one more pass to add it).
+    ``matrix @ v`` would allocate the product and need one more pass to add it);
+    ``in_place_kernel=False``, or a SciPy without that kernel, takes the public product.
     """
-    if sp.issparse(matrix) and _csr_matvecs is not None:
-        _csr_matvecs(matrix.shape[0], matrix.shape[1], v.shape[1], matrix.indptr,
+    if in_place_kernel and sp.issparse(matrix) and _CSR_MATVECS is not None:
+        _CSR_MATVECS(matrix.shape[0], matrix.shape[1], v.shape[1], matrix.indptr,
                      matrix.indices, matrix.data, v.reshape(-1), y.reshape(-1))
     else:
         y += matrix @ v
@@ -304,12 +316,7 @@ def _pad_chwn(x: np.ndarray, padding: int) -> np.ndarray:
     return xp
 
 
-def row_pointers(rows: np.ndarray, count: int) -> np.ndarray:
-    """int32 CSR pointers (count + 1,) of entries sorted by ``rows`` (values 0 .. count - 1)."""
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
-
-
-def _batch_slices(n: int, tile: int, threads: int) -> list[tuple[int, int]]:
+def batch_slices(n: int, tile: int, threads: int) -> list[tuple[int, int]]:
     """[n0, n1) ranges of about equal size for the threads, cut at multiples of ``tile``."""
     tiles = -(-n // tile)
     parts = max(1, min(threads, tiles))
@@ -322,7 +329,7 @@ def _native_call(n: int, work: int, call) -> None:
     (``work``: multiply-adds of the whole batch)."""
     tile = native.load().tile
     threads = get_num_threads() if work > THREAD_MIN_WORK else 1
-    _run_parallel(lambda part: call(*part), _batch_slices(n, tile, threads))
+    run_parallel(lambda part: call(*part), batch_slices(n, tile, threads))
 
 
 def _conv_native(x, weights: ConvWeights, bias, stride, padding, oh, ow, bias_map, pool, relu,
@@ -330,8 +337,7 @@ def _conv_native(x, weights: ConvWeights, bias, stride, padding, oh, ow, bias_ma
     kernel = native.load()
     c, h, w, n = x.shape
     syn_ptr, off, vals = weights.native_arrays(h + 2 * padding, w + 2 * padding, in_index)
-    shape = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
-                                           (ow - pool[0]) // pool[1] + 1)
+    shape = (oh, ow) if pool is None else conv_output_hw(oh, ow, pool[0], pool[0], pool[1], 0)
     if out is None:
         out = np.empty((weights.out_channels, *shape, n), dtype=np.float32)
     bias = np.ascontiguousarray(bias, dtype=np.float32)
@@ -454,7 +460,7 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
             else:
                 y.fill(0.0)
                 for kx, mat in enumerate(mats):
-                    _accumulate(mat, rbuf[kx * m : kx * m + size].reshape(k_rows, m * g), y)
+                    accumulate(mat, rbuf[kx * m : kx * m + size].reshape(k_rows, m * g), y)
             grid = y.reshape(o, oh, gw, m)
             dst = out[..., n0:n1]
             if pool is None:
@@ -471,7 +477,7 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
             if bias_map is None:
                 dst += offset
 
-    _run_parallel(work, parts)
+    run_parallel(work, parts)
     if relu:
         np.maximum(out, 0.0, out=out)
     return out if target is None else _store(target, out, out_index)
@@ -577,9 +583,9 @@ class LinearWeights:
         def work(block):
             a, b, m = block
             out[a:b] = bias[a:b, None]
-            _accumulate(m, x, out[a:b])
+            accumulate(m, x, out[a:b])
 
-        _run_parallel(work, self._row_blocks(threads))
+        run_parallel(work, self._row_blocks(threads))
         return out
 
 

@@ -25,14 +25,14 @@ import numpy as np
 from minievo import backend
 from minievo.backend import BackendError, get_array_module, is_cupy_array
 from minievo.sparse import cpu, gpu
-from minievo.sparse.reference import conv_output_hw, kernel_csr
+from minievo.sparse.reference import conv_output_hw, kernel_csr, row_pointers
 
 
 def _host(a, dtype) -> np.ndarray:
     return np.ascontiguousarray(backend.to_numpy(a), dtype=dtype)
 
 
-def _batch_first(h):
+def batch_first(h):
     """Batch-last (..., N) -> C-contiguous (N, ...), on either backend."""
     if is_cupy_array(h):
         return get_array_module(h).ascontiguousarray(h.transpose(h.ndim - 1, *range(h.ndim - 1)))
@@ -58,7 +58,7 @@ def _copy_into(out, y, index=None):
     return out
 
 
-def _unwrap(x):
+def unwrap(x):
     """Raw array of a Tensor (or the array itself)."""
     return x.data if hasattr(x, "data") and hasattr(x, "grad") else x
 
@@ -89,7 +89,7 @@ class _DeviceMixin:
         """Keep device copies on backend ``name`` ('numpy' or 'cupy'), on the current device;
         returns self. The device CSR is checked there once (one host read), so launches skip
         it."""
-        name = backend._check_name(name)
+        name = backend.check_name(name)
         self._gather = None
         if name == "cupy":
             cp = backend.xp_for("cupy")
@@ -283,14 +283,14 @@ class CompactConv2d(_DeviceMixin):
 
     def forward(self, x):
         """x (N, C, H, W) float32 (NumPy or CuPy, or a Tensor) -> (N, O, OH, OW) array."""
-        x = _unwrap(x)
+        x = unwrap(x)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"CompactConv2d expects input (N, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
         xp = get_array_module(x)
         h = x.transpose(1, 2, 3, 0)  # the CPU paths copy it as they need
         if is_cupy_array(x):
-            return _batch_first(self.forward_bl(xp.ascontiguousarray(h)))
+            return batch_first(self.forward_bl(xp.ascontiguousarray(h)))
         y = np.empty((x.shape[0], self.out_channels, *self.output_hw(*x.shape[2:])), np.float32)
         self.forward_bl(h, out=y.transpose(1, 2, 3, 0))
         return y
@@ -345,8 +345,7 @@ class CompactLinear(_DeviceMixin):
                              f"{weight.shape} and {mask.shape}")
         live = mask != 0
         rows, cols = np.nonzero(live)
-        indptr = np.zeros(weight.shape[0] + 1, np.int32)
-        np.cumsum(np.bincount(rows, minlength=weight.shape[0]), out=indptr[1:])
+        indptr = row_pointers(rows, weight.shape[0])
         b = np.zeros(weight.shape[0], np.float32) if bias is None else backend.to_numpy(bias)
         return cls(indptr, cols, weight[rows, cols], b, weight.shape[1], method=method)
 
@@ -421,12 +420,12 @@ class CompactLinear(_DeviceMixin):
 
     def forward(self, x):
         """x (N, F) float32 (NumPy or CuPy, or a Tensor) -> (N, O) array."""
-        x = _unwrap(x)
+        x = unwrap(x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"CompactLinear expects input (N, {self.in_features}), got "
                              f"{tuple(x.shape)}")
         if is_cupy_array(x):
-            return _batch_first(self.forward_bl(x.T))
+            return batch_first(self.forward_bl(x.T))
         y = np.empty((x.shape[0], self.out_features), np.float32)
         self.forward_bl(x.T, out=y.T)
         return y
@@ -456,9 +455,7 @@ class MaxPool:
         xp = get_array_module(x)
         k, s = self.kernel_size, self.stride
         h, w = x.shape[1:3]
-        oh, ow = (h - k) // s + 1, (w - k) // s + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"max pooling window {k} does not fit maps of {h}x{w}")
+        oh, ow = conv_output_hw(h, w, k, k, s, 0)
         out = None
         for i in range(k):
             for j in range(k):

@@ -1,6 +1,6 @@
 """compact(model): a masked Sequential model with its dead structure removed, and back.
 
-What "dead" means (METHOD.md section 5): a filter or neuron with no live incoming synapse
+What "dead" means (docs/method.md#dead-structure): a filter or neuron with no live incoming synapse
 produces a constant (its bias, then whatever ReLU / pooling make of it), and the synapses that
 read it add a constant to the next layer. The compact model keeps that behaviour exactly:
 
@@ -38,8 +38,8 @@ from minievo.sparse.layers import (
     Identity,
     MaxPool,
     ReLU,
-    _batch_first,
-    _unwrap,
+    batch_first,
+    unwrap,
 )
 
 SUPPORTED = (L.Conv2d, L.Linear, L.MaxPool2d, L.ReLU, L.Flatten, L.Dropout)
@@ -76,10 +76,7 @@ def _out_shape(layer, shape: tuple) -> tuple:
             raise ValueError(f"{layer!r} needs (C, H, W) input, got {shape}")
         k = layer.kernel_size
         s = layer.stride or k
-        oh, ow = (shape[1] - k) // s + 1, (shape[2] - k) // s + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{layer!r} does not fit input {shape}")
-        return (shape[0], oh, ow)
+        return (shape[0], *ref.conv_output_hw(shape[1], shape[2], k, k, s, 0))
     if isinstance(layer, L.Flatten):
         return (int(np.prod(shape)),)
     return shape
@@ -270,7 +267,7 @@ class CompactModel:
     # ----- running ---------------------------------------------------------------------------
     def to(self, name: str) -> CompactModel:
         """Move the compact layers to backend ``name``; returns self."""
-        name = backend._check_name(name)
+        name = backend.check_name(name)
         for step in self.steps:
             if hasattr(step, "to"):
                 step.to(name)
@@ -304,7 +301,7 @@ class CompactModel:
         Returns:
             The output array, (N, *output_shape), on the backend of x.
         """
-        x = _unwrap(x)
+        x = unwrap(x)
         self._check_input(x)
         xp = get_array_module(x)
         n = x.shape[0]
@@ -357,7 +354,7 @@ class CompactModel:
             if index.size:
                 full[index] = h
             h = full
-        return _batch_first(h)
+        return batch_first(h)
 
     __call__ = forward
 
@@ -377,7 +374,7 @@ class CompactModel:
 
     def predict(self, x, batch_size: int = 1000):
         """Class indices (argmax of the outputs), computed in batches."""
-        x = _unwrap(x)
+        x = unwrap(x)
         xp = get_array_module(x)
         outs = [self.forward(x[i : i + batch_size]).argmax(axis=1)
                 for i in range(0, x.shape[0], batch_size)]
@@ -530,7 +527,7 @@ def compact(model, input_shape: tuple | None = None, method: str = "auto") -> Co
     return cm.to(_model_backend(leaves))
 
 
-def _dense_weights(cm: CompactModel, j: int) -> tuple[np.ndarray, np.ndarray]:
+def dense_weights(cm: CompactModel, j: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight, mask) of prunable layer j of the original model, rebuilt exactly."""
     src = cm.sources[j]
     w = np.zeros(src.shape, np.float32)
@@ -557,7 +554,7 @@ def expand(cm: CompactModel, backend_name: str | None = None):
         op = spec["op"]
         if op in ("conv", "linear"):
             src = cm.sources[j]
-            w, m = _dense_weights(cm, j)
+            w, m = dense_weights(cm, j)
             if op == "conv":
                 o, c, k, _ = src.shape
                 layer = L.Conv2d(c, o, k, stride=src.stride, padding=src.padding,

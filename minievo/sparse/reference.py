@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from minievo.autograd import no_grad
+from minievo.functions.conv import conv2d_reference, conv_output_size
+from minievo.functions.pool import max_pool
+
 
 def conv_output_hw(h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
-    """Output height and width of a convolution; ValueError when the output would be empty."""
-    oh = (h + 2 * padding - kh) // stride + 1
-    ow = (w + 2 * padding - kw) // stride + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(
-            f"convolution output would be empty: input {h}x{w}, kernel {kh}x{kw}, "
-            f"stride {stride}, padding {padding}"
-        )
-    return oh, ow
+    """Output height and width of a convolution (:func:`~minievo.functions.conv.conv_output_size`
+    on each axis); ValueError when the output would be empty."""
+    return conv_output_size(h, kh, stride, padding), conv_output_size(w, kw, stride, padding)
 
 
 def masked_conv2d(x, weight, bias, mask, stride: int = 1, padding: int = 0,
@@ -28,22 +26,13 @@ def masked_conv2d(x, weight, bias, mask, stride: int = 1, padding: int = 0,
     Args:
         x: (N, C, H, W). weight, mask: (O, C, kh, kw). bias: (O,) or None.
     Returns:
-        (N, O, OH, OW) in ``dtype``; one einsum per kernel offset.
+        (N, O, OH, OW) in ``dtype``; one einsum per kernel offset
+        (:class:`minievo.functions.conv.Conv2dReference`).
     """
-    x = np.asarray(x, dtype=dtype)
     w = np.asarray(weight, dtype=dtype) * np.asarray(mask, dtype=dtype)
-    o, c, kh, kw = w.shape
-    n, _, h, wd = x.shape
-    oh, ow = conv_output_hw(h, wd, kh, kw, stride, padding)
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    y = np.zeros((n, o, oh, ow), dtype=dtype)
-    for i in range(kh):
-        for j in range(kw):
-            win = xp[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
-            y += np.einsum("nchw,oc->nohw", win, w[:, :, i, j])
-    if bias is not None:
-        y += np.asarray(bias, dtype=dtype).reshape(1, -1, 1, 1)
-    return y
+    b = None if bias is None else np.asarray(bias, dtype=dtype)
+    with no_grad():  # the loop convolution of minievo.functions, on plain arrays
+        return conv2d_reference(np.asarray(x, dtype=dtype), w, b, stride, padding).data
 
 
 def masked_linear(x, weight, bias, mask, dtype=np.float64) -> np.ndarray:
@@ -56,19 +45,16 @@ def masked_linear(x, weight, bias, mask, dtype=np.float64) -> np.ndarray:
 
 
 def max_pool2d(x, kernel_size: int, stride: int | None = None) -> np.ndarray:
-    """Max pooling over the last two axes (any leading axes), no padding."""
+    """Max pooling over the last two axes (any leading axes), no padding: the values of
+    :func:`minievo.functions.pool.max_pool`."""
     k = int(kernel_size)
-    s = k if stride is None else int(stride)
-    h, w = x.shape[-2:]
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"max_pool2d: window {k} does not fit an input of {h}x{w}")
-    y = None
-    for i in range(k):
-        for j in range(k):
-            v = x[..., i : i + s * oh : s, j : j + s * ow : s]
-            y = v.copy() if y is None else np.maximum(y, v)
-    return y
+    return max_pool(x, k, k if stride is None else int(stride))[0]
+
+
+def row_pointers(rows: np.ndarray, count: int) -> np.ndarray:
+    """int32 CSR row pointers (count + 1,) of entries sorted by ``rows`` (values 0 .. count - 1):
+    row r owns entries ptr[r] .. ptr[r + 1] - 1."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int32)
 
 
 def relu(x) -> np.ndarray:
@@ -89,9 +75,8 @@ def kernel_csr(weight, mask):
     o, c, kh, kw = w.shape
     live = (np.asarray(mask) != 0).reshape(o, c, kh * kw).any(axis=2)
     rows, cols = np.nonzero(live)  # row-major: sorted by o, then i
-    indptr = np.zeros(o + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=o), out=indptr[1:])
-    return indptr, cols.astype(np.int32), np.ascontiguousarray(w[rows, cols], dtype=np.float32)
+    kernels = np.ascontiguousarray(w[rows, cols], dtype=np.float32)
+    return row_pointers(rows, o), cols.astype(np.int32), kernels
     # END SOLUTION
 
 

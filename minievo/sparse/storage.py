@@ -13,6 +13,7 @@ import numpy as np
 
 from minievo import checkpoint
 from minievo.checkpoint import CheckpointError
+from minievo.sparse.reference import conv_output_hw
 
 FORMAT = "minievo.sparse.compact"
 VERSION = 1
@@ -234,7 +235,7 @@ def _check_chain(path, cm) -> None:
                 k, st = step.kernel_size, step.stride
                 if len(shape) != 3 or min(shape[1:]) < k:
                     _fail(path, f"{where} does not fit input {shape}")
-                shape = (shape[0], (shape[1] - k) // st + 1, (shape[2] - k) // st + 1)
+                shape = (shape[0], *conv_output_hw(shape[1], shape[2], k, k, st, 0))
             elif isinstance(step, Flatten):
                 shape = (int(np.prod(shape)),)
     except ValueError as exc:  # conv_output_hw: empty output

@@ -1,6 +1,6 @@
 """Counts of a compact model: synapses, clusters, multiply-accumulates per image.
 
-Two sets of counts, as METHOD.md section 5 asks:
+Two sets of counts, as docs/method.md#recorded asks:
 
 * *sampled*: what the masks hold (every synapse with mask 1, every cluster with one such
   synapse);
@@ -119,13 +119,13 @@ class CompactSummary:
 def summarize(cm) -> CompactSummary:
     """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel`."""
     from minievo.evolution.metrics import conv_counts, linear_counts  # noqa: PLC0415
-    from minievo.sparse.model import _dense_weights  # noqa: PLC0415
+    from minievo.sparse.model import dense_weights  # noqa: PLC0415
 
     rows = []
     prunable_names = [n for n, s in zip(cm.leaf_names, cm.leaf_specs)
                       if s["op"] in ("conv", "linear")]
     for j, src in enumerate(cm.sources):
-        _, mask = _dense_weights(cm, j)
+        _, mask = dense_weights(cm, j)
         live = mask != 0
         positions = int(np.prod(src.out_hw))
         if src.kind == "conv":

@@ -1,9 +1,10 @@
 """Training sparse layers through the native kernel: forward and backward over live synapses.
 
 Late generations of a lineage keep a few percent of their synapses, yet the masked dense layers
-still multiply every zero. When a masked :class:`~minievo.layers.Conv2d` or
-:class:`~minievo.layers.Linear` is sparse enough, its forward and backward run through the
-compiled kernel of :mod:`minievo.kernels.native` instead, visiting only the live synapses:
+still multiply every zero. With the accelerator on (:func:`minievo.accel.enable`), when the
+weight of a :class:`~minievo.layers.Conv2d` or :class:`~minievo.layers.Linear` carries a mask
+sparse enough, its forward and backward run through the compiled kernel of
+:mod:`minievo.kernels.native` instead, visiting only the live synapses:
 
 * forward: the sparse convolution (a linear layer is the 1x1 case);
 * input gradient: the same kernel on the output gradient, zero-padded by ``k - 1 - padding``
@@ -17,10 +18,12 @@ compiled kernel of :mod:`minievo.kernels.native` instead, visiting only the live
   entries of the gradient are exactly 0, as the dense path's ``weight * mask`` makes them;
 * bias gradient: a NumPy sum.
 
-The model, the optimiser, checkpoints and the training loop do not change: a layer decides at
-each forward (:func:`plan_for`) whether the sparse path applies. It does when all of these hold:
+The model, the optimiser, checkpoints and the training loop do not change: the accelerated
+ops :func:`conv2d` and :func:`linear` (the accelerator's entries for the layers' op table)
+decide at each call (:func:`plan_for`) whether the sparse path applies. It does when all of
+these hold:
 the mode is not ``"off"`` (:func:`set_mode`, ``$MINIEVO_SPARSE_TRAINING``), the arrays are
-float32 NumPy, the kernel is available, the layer has a mask, stride is 1 and padding at most
+float32 NumPy, the kernel is available, the weight has a mask, stride is 1 and padding at most
 k - 1 (convolutions), and, in mode ``"auto"``, the cost models of :mod:`minievo.sparse.cpu` say
 the sparse path is the cheaper and the layer keeps fewer than :data:`TRAIN_MAX_DENSITY` of its
 synapses (mode ``"on"`` skips only these last tests). float64 inputs, as in
@@ -30,10 +33,14 @@ the gradient checks, always take the dense path.
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 
+from minievo import functions as F
+from minievo.accel import conv as nhwc
 from minievo.autograd import Function, Tensor
+from minievo.functions.conv import conv_output_size
 from minievo.kernels import native
 from minievo.sparse import cpu
 
@@ -65,7 +72,7 @@ class _Plan:
     """The live synapses of one mask, in the orders the three kernels want.
 
     Built from the mask alone (the weights change every step and are gathered at each forward);
-    a layer keeps its plan until :meth:`~minievo.layers.Conv2d.set_mask` installs a new mask.
+    a weight keeps its plan until :meth:`~minievo.layers.Conv2d.set_mask` installs a new mask.
     """
 
     def __init__(self, mask: np.ndarray):
@@ -101,7 +108,7 @@ def _parts(n: int, syn_ptr: np.ndarray, work: int, tile: int) -> list[tuple[int,
     batch of 64 is a single tile)."""
     maps = len(syn_ptr) - 1
     threads = cpu.get_num_threads() if work > cpu.THREAD_MIN_WORK else 1
-    batch = cpu._batch_slices(n, tile, threads)
+    batch = cpu.batch_slices(n, tile, threads)
     if len(batch) >= threads or maps < 2:
         return [(a, b, 0, maps) for a, b in batch]
     goal = np.linspace(0, syn_ptr[-1], threads + 1)[1:-1]
@@ -117,7 +124,7 @@ def _conv(kernel, x4, syn_ptr, off, vals, out_hw, bias, out4, n: int, work: int,
         kernel.conv(x4, syn_ptr[o0:o1 + 1], off, vals, out_hw, 1, bias[o0:o1], None, None,
                     False, out4[o0:o1], n0, n1, pad=pad)
 
-    cpu._run_parallel(call, _parts(n, syn_ptr, work, kernel.tile))
+    cpu.run_parallel(call, _parts(n, syn_ptr, work, kernel.tile))
 
 
 def _wgrad(kernel, x4, syn_ptr, off, gy4, n: int, work: int, pad: int = 0) -> np.ndarray:
@@ -132,7 +139,7 @@ def _wgrad(kernel, x4, syn_ptr, off, gy4, n: int, work: int, pad: int = 0) -> np
         kernel.wgrad(x4, syn_ptr[o0:o1 + 1], off, 1, gy4[o0:o1], g, n0, n1, pad=pad)
 
     jobs = list(zip(parts, sums if batch_split else sums * len(parts)))
-    cpu._run_parallel(call, jobs)
+    cpu.run_parallel(call, jobs)
     return np.sum(sums, axis=0) if len(sums) > 1 else sums[0]
 
 
@@ -143,8 +150,8 @@ def _dense_grad(plan: _Plan, values: np.ndarray, dtype) -> np.ndarray:
 
 
 def _channels_last(n: int, c: int, h: int, w: int) -> np.ndarray:
-    """An (N, C, H, W) float32 view of channels-last memory, the layout minievo's dense conv
-    and pooling layers work in (minievo.functions.conv)."""
+    """An (N, C, H, W) float32 view of channels-last memory, the layout the accelerated conv
+    and pooling work in (minievo.accel.conv)."""
     return np.empty((n, h, w, c), np.float32).transpose(0, 3, 1, 2)
 
 
@@ -162,7 +169,7 @@ class SparseConv2d(Function):
         n, _, h, wd = x.shape
         p = padding
         hp, wp = h + 2 * p, wd + 2 * p
-        oh, ow = hp - kh + 1, wp - kw + 1
+        oh, ow = conv_output_size(h, kh, 1, p), conv_output_size(wd, kw, 1, p)
         _, ci, ky, kx = plan.index
         off = plan.offsets(("fwd", hp, wp), lambda: (ci * hp + ky) * wp + kx)
         vals = np.ascontiguousarray(w[plan.index], dtype=np.float32)
@@ -245,19 +252,34 @@ class SparseLinear(Function):
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
-def plan_for(layer, x) -> _Plan | None:
-    """The layer's plan when its forward on ``x`` should take the sparse path, else None."""
-    layer.sparse_path = False  # what the layer's last forward did (benchmarks report it)
+#: weight (Parameter) -> (mask, plan, wanted): the plan of its current mask, built once.
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: weight -> whether its last forward took the sparse path (benchmarks and tests report it).
+_last_sparse: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def took_sparse_path(weight) -> bool:
+    """True when the last accelerated forward with this weight ran over its live synapses."""
+    return _last_sparse.get(weight, False)
+
+
+def plan_for(weight, x, stride: int = 1, padding: int = 0) -> _Plan | None:
+    """The plan when a forward of ``weight`` on ``x`` should take the sparse path, else None.
+
+    ``weight`` is a Parameter of shape (O, C, kh, kw) (convolution) or (out, in) (linear) whose
+    ``mask`` the layer set; a weight without a mask never takes the sparse path.
+    """
+    _last_sparse[weight] = False
     mode = get_mode()
-    mask = getattr(layer, "mask", None)
+    mask = getattr(weight, "mask", None)
     data = x.data if isinstance(x, Tensor) else x
     if (mode == "off" or mask is None or not isinstance(data, np.ndarray)
-            or data.dtype != np.float32 or layer.weight.data.dtype != np.float32):
+            or data.dtype != np.float32 or weight.data.dtype != np.float32):
         return None
-    conv = hasattr(layer, "kernel_size")
-    if conv and (layer.stride != 1 or layer.padding > layer.kernel_size - 1):
+    conv = weight.ndim == 4
+    if conv and (stride != 1 or padding > weight.shape[2] - 1 or padding > weight.shape[3] - 1):
         return None
-    cached = getattr(layer, "_sparse_plan", None)
+    cached = _plans.get(weight)
     if cached is not None and cached[0] is mask:
         plan, wanted = cached[1], cached[2]
     else:
@@ -269,20 +291,28 @@ def plan_for(layer, x) -> _Plan | None:
         else:
             wanted = cpu.choose_method(plan.synapses, total) == "native"
         wanted = wanted and plan.synapses < TRAIN_MAX_DENSITY["conv" if conv else "linear"] * total
-        layer._sparse_plan = (mask, plan, wanted)
+        _plans[weight] = (mask, plan, wanted)
     if not (wanted or mode == "on") or not native.available():
         return None
-    layer.sparse_path = True
+    _last_sparse[weight] = True
     return plan
 
 
-def conv2d(layer, x, plan: _Plan):
-    """The sparse forward of a masked Conv2d layer (a Tensor, differentiable)."""
-    args = (x, layer.weight) if layer.bias is None else (x, layer.weight, layer.bias)
-    return SparseConv2d.apply(*args, plan=plan, padding=layer.padding)
+def conv2d(x, weight, bias=None, stride: int = 1, padding: int = 0):
+    """The accelerated :func:`minievo.functions.conv2d`: over the live synapses when
+    :func:`plan_for` says so, else the channels-last im2col of :mod:`minievo.accel.conv`."""
+    plan = plan_for(weight, x, stride, padding)
+    if plan is None:
+        return nhwc.conv2d(x, weight, bias, stride, padding)
+    args = (x, weight) if bias is None else (x, weight, bias)
+    return SparseConv2d.apply(*args, plan=plan, padding=int(padding))
 
 
-def linear(layer, x, plan: _Plan):
-    """The sparse forward of a masked Linear layer (a Tensor, differentiable)."""
-    args = (x, layer.weight) if layer.bias is None else (x, layer.weight, layer.bias)
+def linear(x, weight, bias=None):
+    """The accelerated :func:`minievo.functions.linear`: over the live synapses when
+    :func:`plan_for` says so, else the reference (one BLAS product)."""
+    plan = plan_for(weight, x)
+    if plan is None:
+        return F.linear(x, weight, bias)
+    args = (x, weight) if bias is None else (x, weight, bias)
     return SparseLinear.apply(*args, plan=plan)

@@ -10,8 +10,10 @@ GNU time -v over 310 steps): 599k minor page faults and 20.0 ms/step with glibc'
 bimodal from run to run (16.6 or 23.3 ms), as the adaptive threshold settled one way or the
 other.
 
-The cost: freed memory stays in the process (RSS does not shrink after a peak). Set
-``MINIEVO_MALLOPT=0`` to leave glibc's defaults alone. Nothing happens on other C libraries.
+The cost: freed memory stays in the process (RSS does not shrink after a peak), and the setting
+holds for the whole process. So it is applied only by :func:`minievo.accel.enable`, never on
+import, and cannot be undone. Set ``MINIEVO_MALLOPT=0`` to leave glibc's defaults alone.
+Nothing happens on other C libraries.
 """
 
 from __future__ import annotations
