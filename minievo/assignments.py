@@ -398,6 +398,22 @@ def _copy_package_files(root: Path, dest: Path) -> None:
     (dest / "README.md").write_text(_student_readme(), encoding="utf-8")
 
 
+#: Files of the package that a student copy replaces whole, because they hold a near relative
+#: of a task's answer outside its solution block. The accelerator's channels-last im2col/col2im
+#: differ from tasks 4.1/4.2 only in the order of the columns, so in a student copy the
+#: accelerator's convolution is the student's own reference convolution.
+STUDENT_REPLACEMENTS = {
+    "accel/conv.py": (
+        '"""The accelerator\'s convolution in a student copy: your own im2col convolution.\n\n'
+        "The reference package has a channels-last im2col here, close to the answers of tasks\n"
+        "4.1 and 4.2, so a student copy uses :func:`minievo.functions.conv.conv2d` (your tasks)\n"
+        'instead. Results are the same; only the speed differs.\n"""\n\n'
+        "from minievo.functions.conv import conv2d\n\n"
+        '__all__ = ["conv2d"]\n'
+    ),
+}
+
+
 def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     """Write a student copy into ``dest``; returns a summary dict.
 
@@ -445,6 +461,8 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
         if found:
             path.write_text(new_text, encoding="utf-8")
             stubbed += len(found)
+    for rel, text in STUDENT_REPLACEMENTS.items():
+        (dest / "minievo" / rel).write_text(text, encoding="utf-8")
     data = root / "data_loaders"
     if data.is_dir():
         shutil.copytree(data, dest / "data_loaders", ignore=_IGNORE)

@@ -148,6 +148,23 @@ def test_student_copy_holds_the_stubs_and_no_solution(student_copy):
             assert [ln for ln in code if ln in copied_lines and ln not in outside] == [], block
 
 
+def test_student_copy_replaces_the_near_answers_of_the_accelerator(student_copy):
+    # The channels-last im2col/col2im of minievo.accel.conv would answer tasks 4.1/4.2 up to a
+    # permutation of the columns: the copy's accelerator uses the student's convolution.
+    reference = (REPO / "minievo" / "accel" / "conv.py").read_text()
+    assert "def im2col_nhwc" in reference  # the thing being kept out
+    copied = (student_copy / "minievo" / "accel" / "conv.py").read_text()
+    assert copied == A.STUDENT_REPLACEMENTS["accel/conv.py"]
+    assert "def " not in copied and "as_strided" not in copied and "transpose" not in copied
+    env = {**os.environ, "PYTHONPATH": str(student_copy)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import minievo, minievo.accel.conv as c, minievo.functions.conv "
+         "as f; assert c.conv2d is f.conv2d; print(minievo.__file__)"],
+        cwd=student_copy, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert Path(proc.stdout.strip()).resolve().parent == student_copy / "minievo"
+
+
 def test_student_copy_imports(student_copy):
     # Every module that imports in the reference must import in the copy.
     script = (
