@@ -114,6 +114,11 @@ class EvolutionConfig:
         if self.retention_control not in ("factor", "quantile"):
             raise UsageError(f"unknown retention_control {self.retention_control!r}; "
                              "choose factor or quantile")
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
+                raise UsageError(f"{name} = {v!r} must be a whole number >= 1 (or unset for "
+                                 "the whole set)")
         if self.generations < 0:
             raise UsageError(f"generations must be >= 0, got {self.generations}")
         if self.offspring_per_generation < 1:
@@ -142,6 +147,14 @@ PRESETS: dict[str, dict] = {
                         offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
                         cluster_quantile=0.5, target_retention=0.66,
                         retention_control="quantile"),
+    # The literal model of docs/method.md: per-layer Z = max / ln 2 (layer scope, quantiles 1),
+    # constant F_c = F_s = 1, no retention control. It collapses within a few generations
+    # (about a fifth of a trained LeNet-5's synapses survive each one); README, "How the
+    # default run departs from the paper's literal model".
+    "literal": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=8,
+                    offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="layer",
+                    synapse_quantile=1.0, cluster_quantile=1.0, target_retention=None,
+                    retention_control="factor"),
     # A few-minute run of the same pipeline on a slice of MNIST.
     "quick": dict(model="lenet5", dataset="mnist", generations=5, ancestor_epochs=2,
                   offspring_epochs=1, f_c=1.0, f_s=1.0, normalisation_scope="network",
@@ -344,8 +357,10 @@ class Lineage:
         # Generation 0 is its own reference (efficiency 1, also for a pruned ancestor_path).
         row.update(metrics.as_row(metrics if g == 0 else self._reference()))
         row["test_accuracy"] = test_r["accuracy"]
+        row["test_images"] = int(test.num_samples)
         if val is not None:
             row["val_accuracy"] = training.evaluate(model, val)["accuracy"]
+            row["val_images"] = int(val.num_samples)
         row["train_seconds"] = round(seconds, 2)
         row["eval_seconds"] = round(time.perf_counter() - t0, 2)
         row.update(info)
