@@ -262,7 +262,7 @@ def start_client(workers: int = 2, scheduler: str | None = None, timeout: float 
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, env=dict(BLAS_ENV))
+                                       dashboard_address=":0", env=dict(BLAS_ENV))
     return distributed.Client(cluster)
 
 
