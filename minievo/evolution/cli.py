@@ -43,6 +43,10 @@ def add_commands(sub, add_common) -> None:
                    help="quantile of live cluster strengths given P = 1 (1 = max)")
     p.add_argument("--offspring-per-generation", type=int,
                    help="K offspring per generation, the fittest on validation kept")
+    p.add_argument("--parents", type=int,
+                   help="multi-parent synthesis: from generation 2 on, each offspring's "
+                        "encoding combines the m fittest of the K offspring before it "
+                        "(needs --offspring-per-generation >= m and --val-fraction)")
     p.add_argument("--val-fraction", type=float,
                    help="validation split carved from the training set")
     p.add_argument("--stop-margin", type=float,
