@@ -75,3 +75,35 @@ def test_literal_preset_keep_rates_are_the_equations(small_model, tmp_path):
         fractions.append(info["sampled_retention"])
     # Monte Carlo: 40 offspring, each of about 1,800 live synapses
     assert np.mean(fractions) == pytest.approx(expected / live, abs=0.01)
+
+
+def trained_ancestor():
+    """Generation 0 of the committed 3-seed sweep (seed 0): Caffe LeNet-5, 8 epochs on 54,000
+    MNIST images (validation split 0.1), weights stored as float16 (tests/data)."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "lenet5_mnist_ancestor_f16.npz"
+    with np.load(path) as f:
+        arrays = {k: f[k].astype(np.float32) for k in f.files}
+    model = models.build("lenet5")
+    state = model.state_dict()
+    state.update(arrays)
+    model.load_state_dict(state)
+    return model
+
+
+def test_the_literal_preset_keeps_about_a_sixth_of_a_trained_lenet5(tmp_path):
+    """At F = 1 the literal model keeps about 16% of a trained LeNet-5 per generation (a fifth
+    or less), whereas the paper-mnist preset's quantile control keeps its target, 66%."""
+    ancestor = trained_ancestor()
+    state = ancestor.state_dict()
+    kept = {}
+    for preset in ("literal", "paper-mnist"):
+        cfg = EvolutionConfig(**dict(PRESETS[preset], val_fraction=0.1))
+        lineage = Lineage(cfg, tmp_path / preset, progress=False, log=lambda line: None)
+        lineage.gen0_state = state
+        _, info = lineage._synthesise(ancestor, state, 1, 0)
+        assert info["sampled_retention"] == pytest.approx(info["expected_retention"], abs=0.005)
+        kept[preset] = info["expected_retention"]
+    assert kept["literal"] == pytest.approx(0.157, abs=0.005)
+    assert kept["paper-mnist"] == pytest.approx(0.66, abs=1e-3)
