@@ -118,7 +118,9 @@ def cmd_evolve(args) -> int:
           f"{last['cluster_efficiency_kernel']:.1f}x (kernel) / "
           f"{last['cluster_efficiency_filter']:.1f}x (filter), test accuracy "
           f"{100 * last['test_accuracy']:.2f}% (generation 0: "
-          f"{100 * first['test_accuracy']:.2f}%)")
+          f"{100 * first['test_accuracy']:.2f}%), on {last.get('test_images', '?')} test "
+          f"images" + (f"; validation {100 * last['val_accuracy']:.2f}% on "
+                       f"{last['val_images']} images" if "val_accuracy" in last else ""))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
