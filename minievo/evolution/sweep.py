@@ -414,7 +414,12 @@ def aggregate(out, spec: dict) -> dict:
                 if vals:
                     row[k + "_mean"], row[k + "_std"] = _mean_std(vals)
             table.append(row)
-        eq = {seed: equal_loss(rows) for seed, rows in per_seed.items()}
+        eq_all = {seed: equal_loss(rows) for seed, rows in per_seed.items()}
+        finished = sorted(s for s in spec["seeds"]
+                          if (out / f"setting_{i}" / f"seed_{s}" / "done.json").exists())
+        # the summary covers finished lineages only (an unfinished one has not had its chance
+        # at the later generations yet), unless none has finished
+        eq = {s: v for s, v in eq_all.items() if s in finished} or eq_all
         eq_summary = {}
         present = {k for v in eq.values() for k in v}
         keys = [f"{kind}_{d}" for kind in ("within", "val_chosen") for d in EQUAL_LOSS_POINTS
@@ -433,12 +438,11 @@ def aggregate(out, spec: dict) -> dict:
         first = next(iter(per_seed.values()), [{}])[0]
         settings.append({"setting": i, "label": _label(setting), "options": setting,
                          "seeds_with_rows": sorted(per_seed),
-                         "finished": sorted(s for s in spec["seeds"] if (
-                             out / f"setting_{i}" / f"seed_{s}" / "done.json").exists()),
+                         "finished": finished,
                          "test_images": first.get("test_images"),
                          "val_images": first.get("val_images"),
                          "per_generation": table, "equal_loss": eq_summary,
-                         "equal_loss_per_seed": {str(k): v for k, v in eq.items()}})
+                         "equal_loss_per_seed": {str(k): v for k, v in eq_all.items()}})
     return {"preset": spec["preset"], "seeds": spec["seeds"], "base": spec["base"],
             "settings": settings}
 
@@ -473,7 +477,10 @@ def markdown(report: dict) -> str:
                 f"{_pm(r, 'cluster_efficiency_kernel', '.2f')}x | "
                 f"{_pm(r, 'cluster_efficiency_filter', '.2f')}x | "
                 f"{_pm(r, 'test_error', '.2f')}% | {_pm(r, 'val_error', '.2f')}% |")
-        lines += ["", "At equal accuracy loss (each lineage against its own generation 0; "
+        over = (f"{len(s['finished'])} finished lineage(s)" if s["finished"] else
+                f"the {len(s['seeds_with_rows'])} lineage(s) so far, none finished")
+        lines += ["", f"At equal accuracy loss, over {over} (each lineage against its own "
+                  "generation 0; "
                   "`test` = the sparsest generation within the loss on the test set, reported "
                   "only; `validation` = the last generation within the loss on validation, "
                   "chosen without the test set):", "",
