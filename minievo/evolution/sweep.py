@@ -535,9 +535,10 @@ def plot(out, report: dict) -> Path:
                     alpha=0.35, linewidth=1)
         pg = [r for r in s["per_generation"] if r["seeds"] == len(s["seeds_with_rows"])]
         ax.plot([r["synapses_mean"] for r in pg], [r["test_error_mean"] for r in pg], "o-",
-                color=colour, linewidth=2.2, label=f"setting {s['setting']}: mean "
-                f"({len(s['seeds_with_rows'])} seeds)")
+                color=colour, linewidth=2.2, label=f"setting {s['setting']} ({s['label']}): "
+                f"mean of {len(s['seeds_with_rows'])} seeds")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.invert_xaxis()
     ax.set_xlabel("synapses (log scale; generations left to right)")
     ax.set_ylabel("test error (%)")
