@@ -40,6 +40,9 @@ _TYPE_LIST = "0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E 
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_NDIM = 32
 _CHUNK = 1 << 22
+#: The largest payload read (1 GiB; MNIST's largest file holds 47 MB). A header claiming more
+#: is refused before anything is read, so a tiny file cannot make the reader allocate gigabytes.
+MAX_PAYLOAD_BYTES = 1 << 30
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -124,6 +127,11 @@ def _parse_checked(f, name: str, file_size: int | None) -> np.ndarray:
     nbytes = math.prod(dims) * dtype.itemsize
     desc = _describe(dims, dtype)
     header = 4 + 4 * ndim
+    if nbytes > MAX_PAYLOAD_BYTES:
+        raise DataError(
+            f"{name}: header says {desc} = {nbytes} bytes of data, more than the cap of "
+            f"{MAX_PAYLOAD_BYTES} bytes (data_loaders.idx.MAX_PAYLOAD_BYTES)"
+        )
 
     if file_size is not None:  # plain file: check the size before allocating anything
         have = file_size - header
@@ -142,18 +150,26 @@ def _parse_checked(f, name: str, file_size: int | None) -> np.ndarray:
             raise DataError(
                 f"{name}: truncated: header says {desc} = {nbytes} bytes of data, read {got}"
             )
-    else:  # gzip stream: the size is unknown until read, so grow the buffer as data arrives
-        buf = bytearray()
-        while len(buf) < nbytes:
-            piece = f.read(min(_CHUNK, nbytes - len(buf)))
+    else:  # gzip stream: the size is unknown until read; pieces are kept until it is known,
+        # so a header that lies costs no more memory than the data really there
+        pieces, got = [], 0
+        while got < nbytes:
+            piece = f.read(min(_CHUNK, nbytes - got))
             if not piece:
                 break
-            buf += piece
-        if len(buf) < nbytes:
+            pieces.append(piece)
+            got += len(piece)
+        if got < nbytes:
             raise DataError(
                 f"{name}: truncated: header says {desc} = {nbytes} bytes of data, file has "
-                f"{len(buf)}"
+                f"{got}"
             )
+        buf = bytearray(nbytes)
+        at = 0
+        for piece in pieces:
+            buf[at : at + len(piece)] = piece
+            at += len(piece)
+        del pieces
         extra = 0
         while piece := f.read(_CHUNK):
             extra += len(piece)

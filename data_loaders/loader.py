@@ -68,6 +68,7 @@ class DataLoader:
         self.epoch = 0
         self._scale, self._shift = self._affine(x, normalize)
         self._x_host, self._y_host = x, y
+        self._label_range = None
         self._place(B.get_backend() if backend is None else backend)
 
     # -- setup --------------------------------------------------------------------------
@@ -124,6 +125,15 @@ class DataLoader:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one input sample as yielded, e.g. (1, 28, 28)."""
         return tuple(self._x.shape[1:])
+
+    def label_range(self) -> tuple[int, int]:
+        """(smallest, largest) label, found once on the host: training checks the labels
+        against the model's classes once per loader instead of once per batch (a device
+        sync per batch on a GPU). (0, -1) when there are no samples."""
+        if self._label_range is None:
+            y = B.to_numpy(self._y_host)
+            self._label_range = (int(y.min()), int(y.max())) if y.size else (0, -1)
+        return self._label_range
 
     def __len__(self) -> int:
         """Number of batches per epoch."""

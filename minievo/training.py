@@ -9,6 +9,11 @@ adds is what a long run needs:
   restarts from where it was with the same command;
 * a NaN/inf guard: training stops with :class:`TrainingDiverged` and the last good checkpoint is
   left untouched.
+
+On a GPU nothing in the loop waits for the device between the points where a figure is
+needed on the host: the running loss and accuracy stay on the device (:class:`RunningSums`)
+until the progress bar redraws, a checkpoint is written or the epoch ends, and the labels of a
+DataLoader are checked once, not per batch. A NaN loss is still reported with its exact batch.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minievo import backend
 from minievo import checkpoint as ckpt
 from minievo import functions as F
 from minievo.autograd import Tensor, no_grad
@@ -32,11 +38,12 @@ class TrainingDiverged(RuntimeError):
 class ProgressBar:
     """A one-line text progress bar: ``label [#####.....] 512/938 loss 0.12 3120 img/s 0:12``.
 
-    Redrawn in place on a terminal; on a pipe or a log file it prints a line every 10%.
+    Redrawn in place on a terminal (at most every ``redraw_seconds``); on a pipe or a log file
+    it prints a line every 10%.
     """
 
     def __init__(self, total: int, label: str = "", enabled: bool = True, stream=None,
-                 width: int = 24):
+                 width: int = 24, redraw_seconds: float = 0.1):
         self.total, self.label, self.enabled = max(int(total), 1), label, enabled
         self.stream = stream or sys.stderr
         self.width = width
@@ -44,15 +51,28 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.done = 0
         self._last_decile = -1
+        self.redraw_seconds = redraw_seconds
+        self._last_draw = -math.inf
 
-    def update(self, n: int = 1, **info) -> None:
-        self.done += n
+    def due(self, n: int = 1) -> bool:
+        """Whether ``update(n)`` will draw (so the caller knows when fresh figures are needed)."""
         if not self.enabled:
+            return False
+        done = self.done + n
+        if done >= self.total:
+            return True
+        if self.tty:
+            return time.perf_counter() - self._last_draw >= self.redraw_seconds
+        return 10 * done // self.total != self._last_decile
+
+    def update(self, n: int = 1, draw: bool | None = None, **info) -> None:
+        """Advance by ``n`` and redraw when due; ``draw``: the caller's :meth:`due` answer."""
+        draw = self.due(n) if draw is None else draw
+        self.done += n
+        if not draw:
             return
-        decile = 10 * self.done // self.total
-        if not self.tty and decile == self._last_decile and self.done < self.total:
-            return
-        self._last_decile = decile
+        self._last_decile = 10 * self.done // self.total
+        self._last_draw = time.perf_counter()
         elapsed = time.perf_counter() - self.start
         frac = min(self.done / self.total, 1.0)
         filled = int(frac * self.width)
@@ -87,27 +107,99 @@ def accuracy_count(logits, labels) -> int:
     return int((logits.argmax(axis=1) == labels).sum())
 
 
+class RunningSums:
+    """Loss sum, correct predictions and the first non-finite loss of the batches added since
+    the last :meth:`read`, kept where the arrays live (device scalars on a GPU).
+
+    :meth:`add` launches a few tiny kernels on a GPU but never waits for it; :meth:`read` is
+    the one host read (a sync) that brings all the figures back. The loss is summed in
+    float64, so the sums do not depend on how often they are read.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._loss = self._correct = self._bad_step = self._bad_value = None
+        self.batches = 0
+
+    def add(self, loss, logits, labels, step: int) -> None:
+        """One batch: its mean ``loss`` (0-d array), ``logits`` (N, K), ``labels`` (N,), and
+        its index ``step`` (reported when its loss is the first NaN or inf)."""
+        xp = get_array_module(loss)
+        value = loss.astype(xp.float64)
+        hit = (logits.argmax(axis=1) == labels).sum()
+        bad = ~xp.isfinite(value)
+        weighted = value * labels.shape[0]
+        if self._loss is None:
+            self._loss, self._correct = weighted, hit
+            self._bad_step, self._bad_value = xp.where(bad, step, -1), value
+        else:
+            first = bad & (self._bad_step < 0)
+            self._bad_step = xp.where(first, step, self._bad_step)
+            self._bad_value = xp.where(first, value, self._bad_value)
+            self._loss = self._loss + weighted
+            self._correct = self._correct + hit
+        self.batches += 1
+
+    def read(self) -> tuple[float, int, int | None, float | None]:
+        """(loss sum, correct, index of the first batch whose loss was not finite or None, that
+        loss) in one host read; the sums start over."""
+        if self._loss is None:
+            return 0.0, 0, None, None
+        xp = get_array_module(self._loss)
+        loss, correct, bad_step, bad_value = xp.stack([
+            self._loss, self._correct.astype(xp.float64), self._bad_step.astype(xp.float64),
+            self._bad_value]).tolist()
+        self.reset()
+        if bad_step < 0:
+            return loss, int(correct), None, None
+        return loss, int(correct), int(bad_step), bad_value
+
+
+def check_labels_once(loader, n_classes: int) -> bool:
+    """Check all the labels of ``loader`` against the model's ``n_classes`` once (a DataLoader
+    knows its label range); True when done, so the loss can skip its per-batch check (a
+    device sync on a GPU), False for loaders that cannot tell (then the loss checks)."""
+    label_range = getattr(loader, "label_range", None)
+    if label_range is None:
+        return False
+    lo, hi = label_range()
+    if hi >= lo and (lo < 0 or hi >= n_classes):
+        raise ValueError(f"cross-entropy: labels must lie in [0, {n_classes}), got {lo}..{hi}")
+    return True
+
+
+def _loss(out, y, loader, checked: bool):
+    """(loss, whether the loader's labels are checked now), checking them on the first call."""
+    if not checked and out.ndim == 2:
+        checked = check_labels_once(loader, out.shape[1])
+    return F.softmax_cross_entropy(out, y, check_labels=not checked), checked
+
+
 def evaluate(model, loader, progress: bool = False) -> dict:
-    """Mean loss and accuracy of ``model`` over ``loader`` (eval mode, no graph)."""
+    """Mean loss and accuracy of ``model`` over ``loader`` (eval mode, no graph; on a GPU one
+    host read at the end)."""
     was_training = model.training
     model.eval()
-    total = correct = 0
-    loss_sum = 0.0
+    total = 0
+    sums = RunningSums()
+    checked = False
     bar = ProgressBar(len(loader), "eval", enabled=progress)
     try:
         with no_grad():
-            for x, y in loader:
+            for i, (x, y) in enumerate(loader):
                 out = model(Tensor(x))
-                n = len(y)
-                loss_sum += float(F.softmax_cross_entropy(out, y).data) * n
-                correct += accuracy_count(out.data, y)
-                total += n
+                loss, checked = _loss(out, y, loader, checked)
+                sums.add(loss.data, out.data, y, i)
+                total += len(y)
                 bar.update()
     finally:
         bar.close()
         model.train(was_training)
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
+    loss_sum, correct, _, _ = sums.read()
     return {"loss": loss_sum / total, "accuracy": correct / total, "samples": total}
 
 
@@ -142,7 +234,8 @@ def save_training_checkpoint(path, model, optimizer, state: FitState, meta: dict
 
 def load_training_checkpoint(path, model, optimizer=None) -> tuple[FitState, dict]:
     """Restore model (and optimiser) from ``path``; returns (FitState, meta)."""
-    arrays, meta = ckpt.load(path)
+    arrays, meta = ckpt.load(path, expected={f"model/{k}": v.shape
+                                             for k, v in model.state_dict().items()})
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     try:
         model.load_state_dict(model_state)
@@ -150,18 +243,49 @@ def load_training_checkpoint(path, model, optimizer=None) -> tuple[FitState, dic
         raise ckpt.CheckpointError(f"{path}: checkpoint is for another model: {exc}") from exc
     if optimizer is not None:
         opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
-        opt_state.update(meta.get("optim_scalars", {}))
+        scalars = meta.get("optim_scalars", {})
+        if not isinstance(scalars, dict) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in scalars.values()):
+            raise ckpt.CheckpointError(f"{path}: optim_scalars must map names to finite numbers")
+        opt_state.update(scalars)
         if "lr" in opt_state:
-            optimizer.load_state_dict(opt_state)
+            try:
+                optimizer.load_state_dict(opt_state)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ckpt.CheckpointError(f"{path}: optimiser state does not fit: {exc}"
+                                           ) from None
     fs = meta.get("fit_state", {})
+    _check_fit_state(path, fs)
     state = FitState(**{k: fs[k] for k in FitState.__dataclass_fields__ if k in fs})
     return state, meta
+
+
+def _check_fit_state(path, fs) -> None:
+    """The checkpoint's FitState: counts are integers >= 0, sums finite, history a list."""
+    if not isinstance(fs, dict):
+        raise ckpt.CheckpointError(f"{path}: fit_state is not a JSON object")
+    for key in ("epoch", "step_in_epoch", "correct", "seen"):
+        v = fs.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ckpt.CheckpointError(f"{path}: fit_state {key} = {v!r} must be an integer "
+                                       ">= 0")
+    for key in ("train_seconds", "loss_sum"):
+        v = fs.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ckpt.CheckpointError(f"{path}: fit_state {key} = {v!r} must be a finite "
+                                       "number >= 0")
+    history = fs.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history) or (
+            len(history) != fs.get("epoch", 0)):
+        raise ckpt.CheckpointError(f"{path}: fit_state history must hold one object per "
+                                   f"finished epoch ({fs.get('epoch', 0)})")
 
 
 def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loader=None,
         val_loader=None, checkpoint_path=None, checkpoint_seconds: float = 120.0,
         state: FitState | None = None, meta: dict | None = None, progress: bool = True,
-        log=print, label: str = "") -> FitState:
+        log=print, label: str = "", sync_every: int | None = None) -> FitState:
     """Train ``model`` for ``epochs`` epochs (counting those already in ``state``).
 
     Args:
@@ -175,6 +299,12 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
         checkpoint_path: where to save (atomically) after every epoch and every
             ``checkpoint_seconds`` within one; None disables checkpoints.
         state: a FitState to resume from (see :func:`load_training_checkpoint`).
+        sync_every: how often the running loss and accuracy are read on the host (each read
+            waits for a GPU). None: every batch for NumPy arrays (free there: a NaN loss stops
+            the run before its update), and for CuPy arrays only when the progress bar
+            redraws, a checkpoint is written and the epoch ends. 0: only at those points;
+            k > 0: also every k batches. A NaN loss is reported with its own batch whenever
+            it is read.
 
     Returns:
         The final FitState; ``state.history`` has one dict per epoch.
@@ -186,7 +316,11 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
     n_batches = len(train_loader)
     if n_batches == 0:
         raise ValueError("fit: the training loader has no batches")
+    if sync_every is not None and int(sync_every) < 0:
+        raise ValueError(f"sync_every must be None or >= 0, got {sync_every}")
     model.train()
+    checked = False
+    sums = RunningSums()
     while state.epoch < epochs:
         epoch = state.epoch
         if hasattr(train_loader, "set_epoch"):
@@ -206,21 +340,27 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
                     scheduler.step()
                 optimizer.zero_grad()
                 out = model(Tensor(x))
-                loss = F.softmax_cross_entropy(out, y)
-                loss_value = float(loss.data)
-                if not math.isfinite(loss_value):
-                    raise _diverged(f"loss became {loss_value}", epoch, i, checkpoint_path)
+                loss, checked = _loss(out, y, train_loader, checked)
+                sums.add(loss.data, out.data, y, i)
+                every = sync_every
+                if every is None:
+                    every = 0 if backend.is_cupy_array(loss.data) else 1
+                if every == 1:  # before the update: a NaN loss never reaches the weights
+                    _absorb(state, sums, epoch, checkpoint_path)
                 loss.backward()
                 optimizer.step()
-                state.loss_sum += loss_value * len(y)
-                state.correct += accuracy_count(out.data, y)
                 state.seen += len(y)
                 state.step_in_epoch = i + 1
-                bar.update(loss=state.loss_sum / state.seen,
+                checkpoint_due = (checkpoint_path and checkpoint_seconds is not None
+                                  and time.monotonic() - last_save > checkpoint_seconds
+                                  and state.step_in_epoch < n_batches)
+                draw = bar.due()
+                if sums.batches and (draw or checkpoint_due or state.step_in_epoch == n_batches
+                                     or (every and sums.batches >= every)):
+                    _absorb(state, sums, epoch, checkpoint_path)
+                bar.update(draw=draw, loss=state.loss_sum / max(state.seen, 1),
                            lr=float(optimizer.lr))
-                if (checkpoint_path and checkpoint_seconds is not None
-                        and time.monotonic() - last_save > checkpoint_seconds
-                        and state.step_in_epoch < n_batches):
+                if checkpoint_due:
                     state.train_seconds += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     _check_finite(model, epoch, i, checkpoint_path)
@@ -228,6 +368,7 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
                     last_save = time.monotonic()
         finally:
             bar.close()
+            sums.reset()
         state.train_seconds += time.perf_counter() - t0
         row = {
             "epoch": epoch + 1,
@@ -252,6 +393,16 @@ def fit(model, train_loader, optimizer, epochs: int, *, scheduler=None, test_loa
             _check_finite(model, epoch, n_batches - 1, checkpoint_path)
             save_training_checkpoint(checkpoint_path, model, optimizer, state, meta)
     return state
+
+
+def _absorb(state: FitState, sums: RunningSums, epoch: int, checkpoint_path) -> None:
+    """Read the running sums (one host read) into ``state``; a NaN or inf loss among them
+    stops the run, naming the first batch that had one."""
+    loss_sum, correct, bad_step, bad_value = sums.read()
+    if bad_step is not None:
+        raise _diverged(f"loss became {bad_value}", epoch, bad_step, checkpoint_path)
+    state.loss_sum += loss_sum
+    state.correct += correct
 
 
 def _diverged(what: str, epoch: int, batch: int, checkpoint_path) -> TrainingDiverged:

@@ -33,18 +33,21 @@ def folders(chapter_file: str | None) -> tuple[Path, Path]:
 
 
 def figure_saver(figures: Path):
-    """A ``save(fig, name)`` that writes into ``figures`` and closes the figure when nobody can
-    look at it (the Agg backend of a script)."""
+    """A ``save(fig, name)`` that writes into ``figures``.
 
-    def save(fig, name: str) -> Path:
+    As a script (the Agg backend) it says where the file went and closes the figure, which
+    nobody can look at. In a notebook it stays silent and returns nothing, so a cell that ends
+    with ``save(fig, ...)`` shows the figure and nothing else.
+    """
+
+    def save(fig, name: str) -> None:
         import matplotlib
         import matplotlib.pyplot as plt
 
         path = Path(figures) / name
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        print(f"figure: {path}")
         if matplotlib.get_backend().lower() == "agg":
+            print(f"figure: {path}")
             plt.close(fig)
-        return path
 
     return save

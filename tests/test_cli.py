@@ -141,7 +141,7 @@ def test_train_bad_flags_give_one_line_errors(tmp_path, capsys):
     status, _, err = call_main(capsys, *TRAIN, "--lr-policy", "cosine", "--out",
                                str(tmp_path / "a"))
     assert status == 2
-    assert_one_line_error(err, "unknown --lr-policy 'cosine'; choose inv, step or fixed")
+    assert_one_line_error(err, "--lr-policy", "'cosine'", "inv, step, fixed")
 
     status, _, err = call_main(capsys, *TRAIN, "--backend", "tpu", "--out", str(tmp_path / "b"))
     assert status == 2
@@ -226,9 +226,11 @@ def test_evolve_into_a_folder_holding_another_run_is_refused(tmp_path, capsys):
     out = tmp_path / "evo"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"kind": "evolve", "config": {"seed": 5}}))
+    (out / "lineage.json").write_text("{}")  # it produced something: never overwritten
     status, _, err = call_main(capsys, *EVOLVE, "--out", str(out))
     assert status == 2
     assert_one_line_error(err, "holds a different evolve run", "use another --out")
+    assert (out / "lineage.json").read_text() == "{}"
 
 
 def test_doctor_reports_the_kernels(capsys):

@@ -1,8 +1,9 @@
 """The .cu kernels, compiled by g++ with cuda_emu.h and run on the CPU, against NumPy.
 
 The same test bodies run the kernels through CuPy for real when a GPU is present (the
-``cupy`` runner, marked gpu). The launch code under test is minievo.sparse.gpu, the one the
-compact layers use on a GPU.
+``cupy`` runner, marked gpu); those need no g++ (only the emulated runner does). The launch
+code under test is minievo.sparse.gpu, the one the compact layers use on a GPU. Shapes too
+large for the emulator (batch 10,000, many shared-memory tiles) run on a GPU only.
 """
 
 from __future__ import annotations
@@ -17,14 +18,20 @@ from minievo.kernels import emulate
 from minievo.sparse import gpu
 from minievo.sparse import reference as ref
 
-pytestmark = pytest.mark.skipif(emulate.gpp_path() is None,
-                                reason="g++ is not installed: the CUDA emulation needs it")
+NO_GPP = emulate.gpp_path() is None
+needs_gpp = pytest.mark.skipif(NO_GPP, reason="g++ is not installed: the CUDA emulation needs it")
+needs_gpu = [pytest.mark.gpu,
+             pytest.mark.skipif(not backend.cupy_available(), reason="no CuPy with a GPU")]
 
 DENSITIES = [0.01, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
 @pytest.fixture(scope="session")
 def emu_cache():
+    """Every emulator fixture needs this one: without g++ they all skip (the cupy runner and
+    the GPU-only tests do not use them)."""
+    if NO_GPP:
+        pytest.skip("g++ is not installed: the CUDA emulation needs it")
     # The default cache ($MINIEVO_EMU_CACHE or the temp dir): builds are keyed by a hash of the
     # sources and flags, so a rerun skips the ~2 s g++ build of every module.
     return emulate.default_cache_dir()
@@ -76,19 +83,31 @@ class Runner:
         return backend.to_numpy(a)
 
 
-@pytest.fixture(params=[
-    pytest.param("emulated", id="emulated"),
-    pytest.param("cupy", id="cupy", marks=[
-        pytest.mark.gpu,
-        pytest.mark.skipif(not backend.cupy_available(), reason="no CuPy with a GPU")]),
-])
-def runner(request, emu_conv, emu_linear):
-    if request.param == "cupy":
-        from minievo.kernels import get_kernel
+def cupy_runner() -> Runner:
+    from minievo.kernels import get_kernel
 
-        return Runner("cupy", get_kernel(gpu.CONV_FILE, gpu.CONV_KERNEL),
-                      get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL))
-    return Runner("emulated", emu_conv, emu_linear)
+    return Runner("cupy", get_kernel(gpu.CONV_FILE, gpu.CONV_KERNEL),
+                  get_kernel(gpu.LINEAR_FILE, gpu.LINEAR_KERNEL))
+
+
+@pytest.fixture(params=[
+    pytest.param("emulated", id="emulated", marks=needs_gpp),
+    pytest.param("cupy", id="cupy", marks=needs_gpu),
+])
+def runner(request):
+    """The emulated kernels (g++ needed) or the real ones (a GPU needed, no g++)."""
+    if request.param == "cupy":
+        return cupy_runner()
+    return Runner("emulated", request.getfixturevalue("emu_conv"),
+                  request.getfixturevalue("emu_linear"))
+
+
+@pytest.fixture
+def gpu_runner():
+    """The real kernels only: for shapes the emulator would take minutes over."""
+    if not backend.cupy_available():
+        pytest.skip("no CuPy with a GPU")
+    return cupy_runner()
 
 
 def _conv_case(rng, n, c, h, w, o, k, density, kernel_level=True):
@@ -281,6 +300,124 @@ def test_linear_launch_errors(emu_linear):
         gpu.launch_linear(emu_linear, x, indptr, cols, vals, b[:-1])
     with pytest.raises(ValueError, match="2-D"):
         gpu.launch_linear(emu_linear, x[None], indptr, cols, vals, b)
+
+
+def test_conv_without_taps_is_refused_before_launch(runner):
+    x, indptr, indices, kernels, b = _lenet_conv2_args(np.random.default_rng(2))
+    flat = np.zeros((kernels.shape[0], 3, 0), np.float32)
+    with pytest.raises(ValueError, match="3x0 have no taps"):
+        gpu.launch_conv2d(runner.conv, runner.dev(x), runner.dev(indptr), runner.dev(indices),
+                          runner.dev(flat), runner.dev(b))
+
+
+def _bad_csr_cases(indptr, indices, cols):
+    """(indptr, indices, message) for each way a CSR can be wrong: start, a decreasing step,
+    end, an index too large, a negative one."""
+    start = indptr.copy()
+    start[0] = 1
+    down = indptr.copy()
+    down[1] = down[2] + 1
+    end = indptr.copy()
+    end[-1] += 7  # would read 7 weights past the end
+    outside = indices.copy()
+    outside[-1] = cols
+    negative = indices.copy()
+    negative[0] = -1
+    never = "start at 0, never decrease"
+    return [(start, indices, never), (down, indices, "1 decreasing"), (end, indices, never),
+            (indptr, outside, "outside"), (indptr, negative, "outside")]
+
+
+def test_wrong_csr_is_refused_where_it_lives(runner):
+    """On a GPU the CSR values are checked on the device (one host read): a wrong indptr would
+    read past the weights, with garbage or an illegal-address error that poisons the
+    context."""
+    rng = np.random.default_rng(3)
+    x, indptr, indices, kernels, b = _lenet_conv2_args(rng)
+    assert indices.size >= 2
+    for ip, ix, message in _bad_csr_cases(indptr, indices, x.shape[1]):
+        with pytest.raises(ValueError, match=message):
+            gpu.launch_conv2d(runner.conv, runner.dev(x), runner.dev(ip), runner.dev(ix),
+                              runner.dev(kernels), runner.dev(b))
+    xl, w, bl, m = _linear_case(rng, 4, 6, 3, 0.7)
+    rows, cols = np.nonzero(m)
+    lp = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=3))]).astype(np.int32)
+    vals = np.ascontiguousarray((w * m)[rows, cols])
+    for ip, ix, message in _bad_csr_cases(lp, cols.astype(np.int32), 6):
+        with pytest.raises(ValueError, match=message):
+            gpu.launch_linear(runner.linear, runner.dev(xl), runner.dev(ip), runner.dev(ix),
+                              runner.dev(vals), runner.dev(bl))
+
+
+def test_csr_errors_counts_each_fault():
+    indptr = np.array([0, 2, 1, 4], np.int32)
+    indices = np.array([0, 5, -1, 2], np.int32)
+    assert gpu.csr_errors(indptr, indices, cols=3).tolist() == [0, 0, 1, 2]
+    assert gpu.csr_errors(indptr + 1, indices).tolist() == [1, 1, 1, 0]
+
+
+class _OnDevice:
+    """An array stand-in that only says which GPU holds it (only the id is read)."""
+
+    def __init__(self, dev_id):
+        self.device = type("Device", (), {"id": dev_id})()
+
+
+def test_arrays_of_another_gpu_are_refused():
+    gpu.check_same_device({"x": _OnDevice(0), "bias": np.zeros(2)}, current=0)
+    with pytest.raises(ValueError, match="indptr lives on GPU 1 but the current device is "
+                                         "GPU 0.*cupy.cuda.Device.1."):
+        gpu.check_same_device({"x": _OnDevice(0), "indptr": _OnDevice(1)}, current=0)
+
+
+@pytest.mark.gpu
+def test_launch_with_arrays_of_another_gpu_is_refused(gpu_runner):
+    import cupy as cp
+
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    x, indptr, indices, kernels, b = _lenet_conv2_args(np.random.default_rng(4))
+    with cp.cuda.Device(1):
+        x1 = cp.asarray(x)
+    with pytest.raises(ValueError, match="x lives on GPU 1 but the current device is GPU 0"):
+        gpu.launch_conv2d(gpu_runner.conv, x1, *map(cp.asarray, (indptr, indices, kernels, b)))
+
+
+def test_conv_with_several_256_kernel_tiles(runner):
+    """1x1 kernels: a shared-memory tile holds 256 of them, so 800 live input maps take four
+    tiles (the last one partial) per output map."""
+    rng = np.random.default_rng(12)
+    x, w, b, m = _conv_case(rng, 2, 800, 3, 3, 3, 1, 1.0)
+    _assert_close(_run_conv(runner, x, w, b, m, 1, 0, "CHWN", 64),
+                  ref.masked_conv2d(x, w, b, m), rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["CHWN", "NCHW"])
+def test_conv_at_batch_10000(gpu_runner, layout):
+    """LeNet-5 conv2 at batch 10,000 (640,000 outputs per map, 2,500 blocks of 256): the grid
+    and 64-bit offsets at a size the emulator cannot reach."""
+    rng = np.random.default_rng(13)
+    x, w, b, m = _conv_case(rng, 10000, 20, 12, 12, 50, 5, 0.3)
+    _assert_close(_run_conv(gpu_runner, x, w, b, m, 1, 0, layout), ref.masked_conv2d(x, w, b, m),
+                  rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_conv_1x1_with_300_live_maps_at_batch_10000(gpu_runner):
+    rng = np.random.default_rng(14)
+    x, w, b, m = _conv_case(rng, 10000, 300, 4, 4, 8, 1, 1.0)
+    _assert_close(_run_conv(gpu_runner, x, w, b, m, 1, 0, "CHWN"), ref.masked_conv2d(x, w, b, m),
+                  rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["FN", "NF"])
+def test_linear_at_batch_10000(gpu_runner, layout):
+    rng = np.random.default_rng(15)
+    x, w, b, m = _linear_case(rng, 10000, 800, 500, 0.05)
+    _assert_close(_run_linear(gpu_runner, x, w, b, m, layout), ref.masked_linear(x, w, b, m),
+                  rtol=1e-4)
 
 
 def test_emulated_kernel_refuses_what_a_gpu_would_misread(emu_linear):

@@ -273,7 +273,9 @@ def test_builds_into_the_cache_once(fresh_native):
     k = native.load()
     assert k.path.parent == fresh_native and k.path.is_file()
     assert k.tile % 8 == 0
-    assert [p.name for p in fresh_native.iterdir()] == [k.path.name]  # no temporary left
+    # the library and its recorded hash, no temporary left
+    assert sorted(p.name for p in fresh_native.iterdir()) == [k.path.name,
+                                                              k.path.name + ".sha256"]
     stamp = k.path.stat().st_mtime_ns
     native.reset()
     assert native.load().path == k.path and k.path.stat().st_mtime_ns == stamp

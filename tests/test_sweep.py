@@ -83,7 +83,7 @@ def test_grid_from_a_file(tmp_path, suffix):
     (["--set", "f_s"], "write OPTION=VALUE"),
     (["--seeds", "a,b"], "--seeds"),
     (["--seeds", "1,1"], "each once"),
-    (["--set", "limit_test=0"], "limit_test = 0 must be a whole number >= 1"),
+    (["--set", "limit_test=0"], "--limit-test 0: allowed: an integer >= 1"),
     (["--grid", "/nonexistent/grid.json"], "cannot read grid file"),
 ])
 def test_bad_grids_are_one_line_errors(tmp_path, capsys, argv, message):

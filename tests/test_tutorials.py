@@ -1,8 +1,10 @@
-"""Every tutorial chapter runs in fast mode (MINIEVO_FAST=1) and writes its figures.
+"""Every tutorial chapter runs as an executed notebook in fast mode (MINIEVO_FAST=1) and draws.
 
-Each chapter runs as a script in a subprocess, in a temporary working directory, with its
-figures redirected there: nothing is written into the checkout. Fast mode uses the generated
-synthetic digits, so no network and no MNIST cache are needed.
+Each chapter is converted as a student would (jupytext -> nbformat) and executed cell by cell
+in a fresh IPython kernel (nbclient), in a temporary working directory, with its figures
+redirected there: nothing is written into the checkout. Fast mode uses the generated
+synthetic digits, so no network and no MNIST cache are needed. Chapter 8 also runs as a
+script, reading a finished run.
 """
 
 from __future__ import annotations
@@ -80,19 +82,33 @@ def chapter_env() -> dict:
     return env
 
 
+def _execute_notebook(chapter: Path, cwd: Path, env: dict):
+    """The chapter as a notebook (jupytext), executed in a fresh kernel (nbclient)."""
+    try:
+        import jupytext
+        import nbclient
+        import nbformat
+    except ImportError as exc:  # the test extra installs all three, and ipykernel
+        pytest.fail(f"executing the chapters as notebooks needs {exc.name}: "
+                    "pip install -e '.[test]'")
+    nb = nbformat.from_dict(jupytext.read(chapter))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute(env=env)
+    return nb
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem[:2] for p in CHAPTERS])
-def test_chapter_runs_in_fast_mode_and_draws(chapter, tmp_path):
+def test_chapter_runs_as_a_notebook_in_fast_mode_and_draws(chapter, tmp_path):
     figures = tmp_path / "figures"
     env = chapter_env()
-    env.update(MINIEVO_FAST="1", MPLBACKEND="Agg", MINIEVO_FIGURES=str(figures),
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend: figures become cell outputs
+    env.update(MINIEVO_FAST="1", MINIEVO_FIGURES=str(figures),
                MINIEVO_TUTORIAL_RUNS=str(tmp_path / "runs"),
                # A multi-threaded BLAS on a busy shared machine can be 10x slower than one
                # thread (its threads wait for each other); the chapters are small.
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(chapter)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{chapter.name} failed:\n{proc.stdout[-3000:]}\n" \
-                                 f"{proc.stderr[-5000:]}"
+    nb = _execute_notebook(chapter, tmp_path, env)
     written = sorted(p.name for p in figures.glob("*.png"))
     expected = list(FIGURES[chapter.stem[:2]])
     if chapter.stem.startswith("07") and gpp_path() is None:
@@ -102,6 +118,19 @@ def test_chapter_runs_in_fast_mode_and_draws(chapter, tmp_path):
     for name in written:
         assert (figures / name).stat().st_size > 5000, f"{name} looks empty"
     assert not list(tmp_path.glob("runs/**/*.npz")), "fast mode keeps no trained networks"
+    # Every cell that saves a figure shows it inline, and no cell prints a figure's path.
+    shown = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                       for o in cell.outputs)
+        assert "PosixPath" not in text and "figure: " not in text, cell.source[-300:]
+        if re.search(r"^\s*save\(fig, ", cell.source, re.M):
+            images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+            assert images, f"{chapter.name}: a figure cell shows no figure:\n{cell.source}"
+            shown += len(images)
+    assert shown >= len(expected), f"{chapter.name}: {shown} figures shown, {len(expected)} saved"
 
 
 def test_chapter_8_reads_a_finished_run(tmp_path):

@@ -106,6 +106,13 @@ print("one batch:", xb.shape, xb.dtype, yb.shape, yb.dtype, f"mean {xb.mean():.3
 # $W \sim U(-a, a)$ with $a = \sqrt{3 / \text{fan\_in}}$, so that
 # $\mathrm{Var}(W) = 1/\text{fan\_in}$ and a unit-variance input gives a unit-variance output.
 #
+# In the paper's words each weight is a **synapse**: one connection from an input unit (or,
+# in a convolution, an input pixel of a kernel window) to an output unit. A `Linear` layer
+# of shape (out, in) has out x in synapses; LeNet-300-100 has about 266,000. The paper
+# borrows biology's word **genotype** for what an offspring network inherits from its
+# ancestor; in minievo that is the mask below, which says which synapses exist (a 0 entry:
+# the synapse does not exist).
+#
 # Every `Linear` and `Conv2d` also carries a **mask**, the same shape as its weight, all ones
 # at first. The forward pass uses $W \odot M$. This mask is the *genotype* of the evolutionary
 # synthesis of chapters 5-8; for now it is just ones.
@@ -178,15 +185,19 @@ print(f"loss {float(loss.data):.4f}; gradient (rows sum to 0):\n{z.grad}")
 #   (On the first step $v = d$.) **Nesterov** momentum looks ahead along the velocity:
 #   $w \leftarrow w - \eta\,(d + \mu v)$ with the new $v$.
 #
-# This is Caffe's and PyTorch's form, and **task 3.2** (`SGD._update` in `minievo/optim.py`;
-# the state dict `state` keeps the velocity between steps, under the key `"velocity"`).
+# This is PyTorch's form, and **task 3.2** (`SGD._update` in `minievo/optim.py`; the state
+# dict `state` keeps the velocity between steps, under the key `"velocity"`). Caffe keeps the
+# learning rate *inside* the velocity, $v \leftarrow \mu v + \eta d,\; w \leftarrow w - v$:
+# the same steps while $\eta$ is constant, different ones as soon as a schedule changes it
+# (the velocity then remembers old learning rates).
 # `Adam` adapts a step size per parameter from running averages of $g$ and $g^2$.
 #
 # Every optimiser in minievo is *mask aware*: `Optimizer.step` multiplies the gradient, the
 # updated weight and the optimiser's state by the parameter's mask, so a pruned synapse stays
 # exactly zero through training. Evolution depends on that.
 #
-# The experiment below trains the same initial network with three optimisers for the same
+# The experiment below trains the same initial network with four optimiser settings (plain
+# SGD, SGD with momentum, SGD with Nesterov momentum and weight decay, Adam) for the same
 # number of steps.
 
 # %%
@@ -324,7 +335,9 @@ print("max |w| over the masked synapses after training:",
 # 2. **Task 3.2** (`minievo/optim.py`, `SGD._update`): momentum, weight decay and Nesterov, as
 #    in section 4. The masking is done for you in `Optimizer.step`.
 # 3. Replace ReLU by tanh in LeNet-300-100 and compare the learning curves.
-# 4. Train with learning rate 0.5 and watch `fit` stop with `TrainingDiverged`. Where is the
-#    last good checkpoint when you pass `checkpoint_path`?
+# 4. `fit` stops with `TrainingDiverged` when the loss becomes NaN or infinite. Raise the
+#    learning rate step by step (0.5, 2, 10, ...): at which rate does the training of section
+#    5 stop that way, and what happens to the loss at the rates below it? Where is the last
+#    good checkpoint when you pass `checkpoint_path`?
 # 5. With the mask of section 6, how many epochs does the network need to recover its
 #    accuracy? Try keeping 1% instead of 10%.

@@ -115,11 +115,10 @@ save(fig, "04_filters.png")
 # which BLAS runs at full speed. The cost is memory: every input pixel is copied up to
 # $k_h k_w$ times.
 #
-# minievo orders the columns as (i, j, c), **channel fastest**, because it keeps activations
-# *channels-last* in memory, (N, H, W, C) handed around as (N, C, H, W) views. Then one
-# kernel row of a patch, (j, c) for j < kw, is kw·C consecutive floats in memory, so the copy
-# moves long runs; and the product's result (N·OH·OW, O) already *is* the channels-last
-# output. The patches themselves are a strided *view* of the input (chapter 1), copied once.
+# The columns run over (c, i, j), row-major, the order of the weight's own axes, so that
+# $W_{\text{mat}}$ is simply `w.reshape(O, -1)`. The patches themselves are a strided *view*
+# of the padded input (chapter 1): `view[n, p, q, c, i, j] = x_pad[n, c, p*s + i, q*s + j]`,
+# and reshaping that view to (N·OH·OW, C·kh·kw) makes the one copy.
 #
 # Writing `im2col` is **task 4.1**. The small example below shows the layout: a 2-channel
 # 4x4 image, 2x2 kernel, stride 1: nine patches of eight values.
@@ -129,12 +128,12 @@ x_small = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
 cols, (oh, ow) = im2col(x_small, 2, 2, stride=1, padding=0)
 cols = np.asarray(cols)
 print("cols", cols.shape, "output", (oh, ow))
-print("columns are (i, j, c) = " + ", ".join(f"({i},{j},{c})" for i in range(2)
-                                             for j in range(2) for c in range(2)))
+print("columns are (c, i, j) = " + ", ".join(f"({c},{i},{j})" for c in range(2)
+                                             for i in range(2) for j in range(2)))
 print(cols.astype(int))
 
 w_small = np.random.default_rng(0).normal(size=(3, 2, 2, 2)).astype(np.float32)
-w_mat = w_small.transpose(0, 2, 3, 1).reshape(3, -1)  # (O, kh*kw*C), columns (i, j, c)
+w_mat = w_small.reshape(3, -1)  # (O, C*kh*kw), columns (c, i, j)
 y_gemm = (cols @ w_mat.T).reshape(1, oh, ow, 3).transpose(0, 3, 1, 2)
 y_loop = F.conv2d_reference(Tensor(x_small), Tensor(w_small)).numpy()
 print("cols @ W_mat.T equals the loop convolution:", np.allclose(y_gemm, y_loop, atol=1e-5))
@@ -151,11 +150,11 @@ axes[2].imshow(cols, cmap="Blues", vmin=-10, vmax=40, aspect="auto")
 for (r, k), v in np.ndenumerate(cols):
     axes[2].text(k, r, f"{v:g}", ha="center", va="center", fontsize=8)
 axes[2].set_xticks(range(8))
-axes[2].set_xticklabels([f"{i}{j}/{c}" for i in range(2) for j in range(2) for c in range(2)],
+axes[2].set_xticklabels([f"{c}/{i}{j}" for c in range(2) for i in range(2) for j in range(2)],
                         fontsize=8)
 axes[2].set_yticks(range(9))
 axes[2].set_yticklabels([f"({p},{q})" for p in range(3) for q in range(3)], fontsize=8)
-axes[2].set_xlabel("column: kernel offset ij / channel c (channel fastest)")
+axes[2].set_xlabel("column: channel c / kernel offset ij")
 axes[2].set_ylabel("row: output position (p, q)")
 axes[2].set_title("cols = im2col(x, 2, 2)")
 save(fig, "04_im2col.png")
@@ -185,7 +184,7 @@ rng = np.random.default_rng(1)
 xa = rng.normal(size=(2, 3, 7, 6))
 cols_a, (oh, ow) = im2col(xa, 3, 3, stride=2, padding=1)
 d = rng.normal(size=np.shape(cols_a))
-dx = col2im(d.reshape(2, oh, ow, 3, 3, 3), xa.shape, 3, 3, 2, 1, oh, ow)
+dx = col2im(d, xa.shape, 3, 3, 2, 1)
 print(f"<im2col(x), D> = {float((np.asarray(cols_a) * d).sum()):.10f}")
 print(f"<x, col2im(D)> = {float((xa * np.asarray(dx)).sum()):.10f}")
 print(gradient_check(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
@@ -280,7 +279,7 @@ save(fig, "04_lenet5_budget.png")
 #
 # Same loop and recipe as chapter 3 (Caffe's solver: SGD, learning rate 0.01, momentum 0.9,
 # weight decay 5e-4, "inv" schedule, batch 64). On the full MNIST a few epochs reach about
-# 99% test accuracy; the paper's ancestor is trained for about 10. In fast mode, one epoch on
+# 99% test accuracy; the `paper-mnist` preset trains its ancestor for 8. In fast mode, one epoch on
 # 1,024 synthetic images.
 
 # %%

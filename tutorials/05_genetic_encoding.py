@@ -205,9 +205,12 @@ save(fig, "05_cluster_probability.png")
 #
 # $$\mathbb{E}\Big[\sum_j M'_j\Big] = \sum_c \min(1, F_c P_c) \sum_{j \in c} \min(1, F_s p_j),$$
 #
-# (**task 6.2**, next chapter), and the probability of one particular offspring $H_g$ given
-# its ancestor is the product the paper writes as
-# $P(H_g \mid H_{g-1}) = \prod_c \big[F_c P_c \prod_{j \in c} F_s p_j\big]$.
+# (**task 6.2**, next chapter). The paper summarises synthesis as the product
+# $P(H_g \mid H_{g-1}) = \prod_c \big[F_c P_c \prod_{j \in c} F_s p_j\big]$. Read it as the
+# product of the *keep* probabilities of the clusters and synapses that an offspring keeps,
+# not as the probability of one particular offspring: that probability also multiplies
+# $1 - \min(1, F_c P_c)$ for every cluster the offspring drops and
+# $1 - \min(1, F_s p_j)$ for every synapse it drops (in a kept cluster).
 #
 # The curves show the expected fraction of each layer's synapses an offspring keeps as a
 # function of $F = F_c = F_s$. `TargetRetention` (a convenience of this project, not of the
@@ -270,8 +273,7 @@ axes[1, 0].plot(fc1.cluster_probability, np.arange(fc1.cluster_shape[0]), lw=0.8
 axes[1, 0].set_ylim(fc1.cluster_shape[0], 0)
 axes[1, 0].set_xlim(0, 1.02)
 axes[1, 0].set_title("ancestor fc1: P of each neuron")
-cmap = plt.get_cmap("magma").copy()
-cmap.set_bad("black")  # a dead kernel
+cmap = plt.get_cmap("magma").with_extremes(bad="black")  # black: a dead kernel
 norm = matplotlib.colors.LogNorm(vmin=1, vmax=25)
 for col, f in enumerate((1.0, 0.5), start=1):
     m_conv2, m_fc1 = np.asarray(samples[f][1]), np.asarray(samples[f][2])
@@ -281,7 +283,8 @@ for col, f in enumerate((1.0, 0.5), start=1):
     axes[0, col].set_title(f"offspring conv2, F = {f}: live synapses\nper kernel "
                            "(black: kernel dropped)")
     axes[1, col].imshow(m_fc1, cmap="gray_r", aspect="auto", interpolation="nearest")
-    axes[1, col].set_title(f"offspring fc1, F = {f}:\n{int(m_fc1.sum()):,} synapses")
+    axes[1, col].set_title(f"offspring fc1, F = {f}: {int(m_fc1.sum()):,} synapses\n"
+                           "(black: live synapse, white: dropped)")
 fig.colorbar(im, ax=axes[0, 2])
 for ax in axes[0]:
     ax.set_xlabel("input map")

@@ -23,7 +23,15 @@
 # the CPU path, walks through the CUDA kernel that runs the compact convolution on a GPU, runs
 # that very CUDA source on the CPU with minievo's emulator, and, where a GPU exists, on the GPU.
 #
-# Assignment task: **7.1** compaction, the CSR list of live kernels.
+# Assignment tasks: **7.1** compaction, the CSR list of live kernels; **7.2** the tile loop of
+# the CUDA convolution kernel (section "Your turn", near the end), graded on the CPU through
+# the emulator.
+#
+# **Two meanings of "kernel".** In a convolution, a *kernel* is the kh x kw block of weights
+# that connects one input map to one output map: the paper's *kernel cluster*, the unit that
+# compaction keeps or drops. In CUDA, a *kernel* is a function marked `__global__` that the
+# GPU runs in many threads at once. This chapter needs both; "live kernel" and "CSR list of
+# kernels" always mean the weight blocks, "the CUDA kernel" (or "RawKernel") the function.
 
 # %%
 import sys
@@ -216,7 +224,7 @@ save(fig, "07_cpu_speed.png")
 # Here is its source:
 
 # %%
-source = kernels.read_source("sparse_conv2d.cu")
+source = kernels.kernel_path("sparse_conv2d.cu").read_text()  # (a student copy: task 7.2's stub)
 start = source.index('extern "C"')
 for number, line in enumerate(source[start:].splitlines(), start=source[:start].count("\n") + 1):
     print(f"{number:3d}  {line}")
@@ -227,9 +235,10 @@ for number, line in enumerate(source[start:].splitlines(), start=source[:start].
 # * **One thread per output value.** `blockIdx.y` is the output map `o`; `blockIdx.x` and
 #   `threadIdx.x` together pick one (image, pixel) position of that map. Each thread
 #   accumulates its output in a register, `acc`, starting from the bias. Neighbouring threads
-#   handle neighbouring images of the batch, so with the batch-last layout the compact model
-#   uses, their memory reads are neighbours too (*coalesced*: one wide transaction instead of
-#   many).
+#   handle neighbouring images of the batch, so with the *batch-last layout* the compact model
+#   uses, (C, H, W, N) instead of NumPy's usual (N, C, H, W), where the image index is the
+#   fastest-varying axis in memory, their reads are neighbours too (*coalesced*: one wide
+#   memory transaction instead of many).
 # * **Only live kernels.** The loop runs over `indptr[o] .. indptr[o+1]`, the CSR row of map
 #   `o`: the dead kernels of the mask never appear.
 # * **Shared memory.** All threads of a block work for the same map `o`, so they need the
@@ -359,6 +368,43 @@ else:
           "source in the emulator (section 6). On a GPU machine this cell times both.")
 
 # %% [markdown]
+# ## Your turn: the kernel's tile loop (task 7.2)
+#
+# In a student copy (`minievo assignments new`), `minievo/kernels/sparse_conv2d.cu` keeps the
+# signature of `cluster_sparse_conv2d_forward`, the set-up (which output map `o`, image `n`
+# and pixel `(oh, ow)` this thread computes, `active`, `begin`/`end` of the CSR row, `acc`
+# starting at the bias, `per_tile`) and the final store of `acc`; between the two, a
+# `// NOT IMPLEMENTED: task 7.2` comment. Write the tile loop that the walk through the CUDA
+# kernel above explained:
+#
+# 1. For `first = begin, begin + per_tile, ...` while `first < end`: `count` live kernels in
+#    this tile (the last tile may be short).
+# 2. All threads of the block, active or not, copy the tile cooperatively: thread `tid`
+#    copies entries `tid, tid + threads, ...` of the `count * kk` weights into `w_tile` and of
+#    the `count` input-map indices into `c_tile`. Then `__syncthreads()`.
+# 3. An active thread adds, for each kernel `s` of the tile and each tap `(ky, kx)`,
+#    `w_tile[s*kk + ky*KW + kx] * x[n, c_tile[s], oh*stride - pad + ky, ow*stride - pad + kx]`
+#    to `acc`, reading `x` through its strides (`xs_c`, `xs_h`, `xs_w`, from `x_image`) and
+#    skipping taps that fall into the zero padding (outside `0..H-1` or `0..W-1`).
+# 4. `__syncthreads()` again before the next tile overwrites the shared arrays.
+#
+# The grader (`minievo assignments grade --task 7.2`) compiles your file with g++ and
+# `cuda_emu.h` under AddressSanitizer, so a read past the image or past a tile stops the run
+# with a report instead of returning garbage, and compares the output with the dense
+# convolution of the same masked weight: both layouts, stride 2 with padding, and a map with
+# more live kernels than one tile holds. On a machine with a GPU and CuPy it also runs your
+# kernel there. The emulator is stricter than a GPU about barriers: a `__syncthreads()` that
+# only some threads of a block reach stops the program with a message (see the emulator
+# section).
+#
+# How many kernels does one tile hold? It depends on the kernel size:
+
+# %%
+for k in (1, 3, 5, 7):
+    per_tile = min(sparse_gpu.CONV_TILE_FLOATS // (k * k), 256)
+    print(f"{k}x{k} kernels: {per_tile} per tile of {sparse_gpu.CONV_TILE_FLOATS} floats")
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **Task 7.1** (`minievo/sparse/reference.py`, `kernel_csr`): build `indptr`, `indices`
@@ -375,3 +421,6 @@ else:
 #    `MINIEVO_CONV_TILE_FLOATS` floats. How many 5x5 kernels fit in one tile? Build a layer
 #    whose output map has more live kernels than that, run it in the emulator and check the
 #    result: which lines of the kernel make that work?
+# 5. **Task 7.2** (`minievo/kernels/sparse_conv2d.cu`, `cluster_sparse_conv2d_forward`): the
+#    tile loop of the section "Your turn", graded through the emulator with AddressSanitizer
+#    on.

@@ -38,7 +38,13 @@ from minievo.evolution.environment import (
 )
 from minievo.evolution.metrics import model_metrics
 from minievo.evolution.synthesis import OFFSPRING_INITS, apply_offspring_init, synthesize_offspring
-from minievo.experiment import UsageError, check_run_dir, make_loaders, make_optimizer
+from minievo.experiment import (
+    UsageError,
+    check_run_dir,
+    make_loaders,
+    make_optimizer,
+    run_record,
+)
 from minievo.layers import prunable_layers
 
 
@@ -117,11 +123,6 @@ class EvolutionConfig:
         if self.retention_control not in ("factor", "quantile"):
             raise UsageError(f"unknown retention_control {self.retention_control!r}; "
                              "choose factor or quantile")
-        for name in ("limit_train", "limit_test"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-                raise UsageError(f"{name} = {v!r} must be a whole number >= 1 (or unset for "
-                                 "the whole set)")
         if self.generations < 0:
             raise UsageError(f"generations must be >= 0, got {self.generations}")
         if self.offspring_per_generation < 1:
@@ -140,6 +141,53 @@ class EvolutionConfig:
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "
                              "validation split: set val_fraction in (0, 1) (never the test set)")
+        self._validate_numbers()
+
+    def _validate_numbers(self) -> None:
+        """The training recipe and data sizes: each refusal names the flag, the value and the
+        allowed range."""
+        import math  # noqa: PLC0415
+
+        from minievo import validate  # noqa: PLC0415
+
+        def bad(name, allowed):
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: allowed: "
+                             f"{allowed}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not (is_num(self.lr) and self.lr > 0):
+            bad("lr", "a number > 0")
+        if not (is_num(self.momentum) and 0 <= self.momentum < 1):
+            bad("momentum", "a number in [0, 1)")
+        if not (is_num(self.weight_decay) and self.weight_decay >= 0):
+            bad("weight_decay", "a number >= 0")
+        if not (is_int(self.batch_size) and self.batch_size >= 1):
+            bad("batch_size", "an integer >= 1")
+        if not (is_int(self.seed) and 0 <= self.seed < 2**32):
+            bad("seed", "an integer in [0, 4294967295]")
+        if not (is_int(self.ancestor_epochs) and self.ancestor_epochs >= (
+                0 if self.ancestor_path else 1)):
+            bad("ancestor_epochs", "an integer >= 1 (>= 0 with --ancestor-path)")
+        if not (is_int(self.offspring_epochs) and self.offspring_epochs >= 0):
+            bad("offspring_epochs", "an integer >= 0")
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            if v is not None and not (is_int(v) and v >= 1):
+                bad(name, "an integer >= 1")
+        if not (is_num(self.val_fraction) and 0 <= self.val_fraction < 1):
+            bad("val_fraction", "a number in [0, 1)")
+        if self.dataset is None or not isinstance(self.dataset, str):
+            bad("dataset", "a data set name")
+        try:
+            validate.dataset_name(self.dataset)
+        except Exception as exc:  # argparse.ArgumentTypeError
+            raise UsageError(f"--dataset: {exc}") from None
+        validate.check_model_fits_dataset(self.model, self.dataset)
 
     def environment(self):
         if self.target_retention is not None and self.retention_control == "factor":
@@ -200,19 +248,37 @@ class Lineage:
 
     def _load_rows(self) -> list:
         p = self.out / "lineage.json"
-        return json.loads(p.read_text())["rows"] if p.exists() else []
+        if not p.exists():
+            return []
+        try:
+            rows = json.loads(p.read_text())["rows"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ckpt.CheckpointError(f"{p}: not a readable lineage record ({exc!r})") from None
+        if not isinstance(rows, list) or not all(
+                isinstance(r, dict) and r.get("generation") == g for g, r in enumerate(rows)):
+            raise ckpt.CheckpointError(f"{p}: 'rows' must be one object per generation, "
+                                       "numbered 0, 1, 2, ...")
+        if rows and not (self._gen_dir(len(rows) - 1) / "model.npz").exists():
+            raise ckpt.CheckpointError(f"{p}: records generation {len(rows) - 1}, but "
+                                       f"{self._gen_dir(len(rows) - 1) / 'model.npz'} is missing")
+        return rows
 
     def _new_model(self):
         return models.build(self.config.model).to(self.backend)
 
     def _load_model(self, path: Path):
         model = self._new_model()
-        arrays, meta = ckpt.load(path)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        arrays, meta = ckpt.load(path, expected=expected)
         if meta.get("model") != self.config.model:
             raise ckpt.CheckpointError(
                 f"{path}: checkpoint is of model {meta.get('model')!r}, this run uses "
                 f"{self.config.model!r}")
-        model.load_state_dict(arrays)
+        try:
+            model.load_state_dict(arrays)
+        except (KeyError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"{path}: {exc}") from None
+        _check_live(path, model)
         return model
 
     def _load_ancestor(self, path: Path):
@@ -227,6 +293,7 @@ class Lineage:
             raise ckpt.CheckpointError(
                 f"{path}: this checkpoint does not fit model {self.config.model!r}: {exc}"
             ) from exc
+        _check_live(path, model)
         return model
 
     def _save_model(self, model, path: Path, generation: int) -> None:
@@ -239,17 +306,18 @@ class Lineage:
         cfg = self.config
         recorded = self._recorded_config()
         resume = check_run_dir(self.out, recorded, "evolve")
+        # the data (and its checks) before the run folder is written to
+        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
+                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
+                                    self.backend)
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume:
             ckpt.atomic_write_text(self.out / "config.json", json.dumps(
-                {"kind": "evolve", "config": recorded}, indent=2))
+                run_record("evolve", recorded), indent=2))
         self.rows = self._load_rows()
         if self.rows:
             self.log(f"resuming {self.out}: generations 0..{self.rows[-1]['generation']} "
                      "already finished")
-        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
-                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
-                                    self.backend)
         init_path = self.out / "generation0_init.npz"
         if not init_path.exists():
             init.manual_seed(cfg.seed)
@@ -325,7 +393,13 @@ class Lineage:
             kdir = self._gen_dir(g, k if cfg.offspring_per_generation > 1 else None)
             if (kdir / "model.npz").exists() and (kdir / "row.json").exists():
                 child = self._load_model(kdir / "model.npz")
-                row = json.loads((kdir / "row.json").read_text())
+                try:
+                    row = json.loads((kdir / "row.json").read_text())
+                    if not isinstance(row.get("test_accuracy"), int | float):
+                        raise KeyError("test_accuracy")
+                except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+                    raise ckpt.CheckpointError(f"{kdir / 'row.json'}: not a readable result "
+                                               f"row ({exc!r})") from None
             else:
                 child, info = self._synthesise(ancestor, ancestor_state, g, k, encoder)
                 if parents is not None:
@@ -371,6 +445,10 @@ class Lineage:
         apply_offspring_init(child, masks, cfg.offspring_init, ancestor_state=own(ancestor_state),
                              generation0_state=own(self.gen0_state),
                              rng=np.random.default_rng([cfg.seed, g, k, 2]))
+        if not any(bool((layer.mask != 0).any()) for _, layer in prunable_layers(child)):
+            raise UsageError(f"generation {g}: the offspring kept no synapse at all (F_c="
+                             f"{stats.env.f_c:g}, F_s={stats.env.f_s:g}); the environment is too "
+                             "harsh: raise --f-s / --f-c or --target-retention")
         env = stats.env
         info = {"f_c": float(env.f_c), "f_s": float(env.f_s), "synapse_quantile": float(q),
                 "expected_retention": float(stats.expected_fraction),
@@ -433,6 +511,12 @@ class Lineage:
 
         report.write_tables(self.out, self.rows)
         self.log(report.format_row(row))
+
+
+def _check_live(path: Path, model) -> None:
+    """A loaded generation must still have a synapse (evolution never records one without)."""
+    if not any(bool((layer.mask != 0).any()) for _, layer in prunable_layers(model)):
+        raise ckpt.CheckpointError(f"{path}: every mask is all zero (no live synapse left)")
 
 
 def synapse_fractions(model) -> dict[str, float]:

@@ -95,16 +95,19 @@ def plot_lineage(out, rows: list[dict], masks: dict | None = None) -> list[Path]
     accuracy_vs_synapses.png, efficiency.png, layer_density.png, and conv_masks.png when the
     conv masks of the last generation are given (``masks``: layer name -> 4-D mask array).
     """
-    import matplotlib
+    # Figures without pyplot: nothing is shown, and the caller's backend (a notebook's inline
+    # one, say) is left alone.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def subplots(*args, figsize, **kwargs):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
 
     out = Path(out)
     gens = [r["generation"] for r in rows]
     written = []
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     syn = [r["synapses"] for r in rows]
     acc = [100 * r["test_accuracy"] for r in rows]
     ax.plot(syn, acc, "o-")
@@ -118,9 +121,8 @@ def plot_lineage(out, rows: list[dict], masks: dict | None = None) -> list[Path]
     ax.grid(True, which="both", alpha=0.3)
     written.append(out / "accuracy_vs_synapses.png")
     _savefig(fig, written[-1])
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(gens, [r["synaptic_efficiency"] for r in rows], "o-", label="synaptic")
     ax.plot(gens, [r["cluster_efficiency_kernel"] for r in rows], "s-",
             label="cluster (kernel+neuron)")
@@ -134,11 +136,10 @@ def plot_lineage(out, rows: list[dict], masks: dict | None = None) -> list[Path]
     ax.legend()
     written.append(out / "efficiency.png")
     _savefig(fig, written[-1])
-    plt.close(fig)
 
     dens_keys = [k for k in rows[0] if k.startswith("density_")]
     if dens_keys:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = subplots(figsize=(6, 4))
         for k in dens_keys:
             ax.plot(gens, [100 * r[k] for r in rows], "o-", label=f"layer {k[8:]}")
         ax.set_yscale("log")
@@ -149,11 +150,10 @@ def plot_lineage(out, rows: list[dict], masks: dict | None = None) -> list[Path]
         ax.legend()
         written.append(out / "layer_density.png")
         _savefig(fig, written[-1])
-        plt.close(fig)
 
     conv = {k: v for k, v in (masks or {}).items() if np.ndim(v) == 4}
     if conv:
-        fig, axes = plt.subplots(1, len(conv), figsize=(5 * len(conv), 4), squeeze=False)
+        fig, axes = subplots(1, len(conv), figsize=(5 * len(conv), 4), squeeze=False)
         for ax, (name, m) in zip(axes[0], conv.items()):
             kernels = (np.asarray(m) != 0).sum(axis=(2, 3))  # live synapses per (out, in) kernel
             im = ax.imshow(kernels, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -163,7 +163,6 @@ def plot_lineage(out, rows: list[dict], masks: dict | None = None) -> list[Path]
             fig.colorbar(im, ax=ax)
         written.append(out / "conv_masks.png")
         _savefig(fig, written[-1])
-        plt.close(fig)
     return written
 
 
@@ -175,9 +174,25 @@ def render(out) -> list[Path]:
     path = out / "lineage.json"
     if not path.exists():
         raise CheckpointError(f"{out}: no lineage.json here; is this a minievo evolve run?")
-    rows = json.loads(path.read_text())["rows"]
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a readable lineage record ({exc!r})") from None
+    if not isinstance(rows, list):
+        raise CheckpointError(f"{path}: 'rows' is not a list")
     if not rows:
         raise CheckpointError(f"{out}: the lineage has no finished generation yet")
+    need = ["generation", "synapses", "test_accuracy", "synaptic_efficiency",
+            "cluster_efficiency_kernel", "cluster_efficiency_filter"]  # what the plots read
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise CheckpointError(f"{path}: row {i} is not a JSON object")
+        missing = [k for k in need if k not in r]
+        bad = [k for k in need if k in r and k != "generation" and (
+            isinstance(r[k], bool) or not isinstance(r[k], int | float))]
+        if missing or bad or not isinstance(r.get("generation"), int):
+            raise CheckpointError(f"{path}: row {i} lacks {missing or 'nothing'}, non-numbers "
+                                  f"in {bad or 'none'}")
     write_tables(out, rows)
     last = out / f"gen_{rows[-1]['generation']:03d}" / "model.npz"
     masks = {}

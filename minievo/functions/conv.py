@@ -1,21 +1,16 @@
-"""2-D convolution: a fast im2col version and a plain loop version to check it against.
+"""2-D convolution: im2col + one matrix product, and a plain loop version to check it against.
 
 Shapes: input x (N, C, H, W), weight (O, C, kh, kw), bias (O,), output (N, O, OH, OW) with
 OH = (H + 2*padding - kh) // stride + 1 (likewise OW).
 
 im2col turns the convolution into one matrix product. Every output position (n, oh, ow) reads a
-kh*kw*C patch of the input; lay those patches out as the rows of a matrix ``cols`` of shape
-(N*OH*OW, kh*kw*C) and the convolution is ``cols @ W_mat.T`` with W_mat the weight as an
-(O, kh*kw*C) matrix. The patches are taken as a strided *view* of the padded input (no copy)
-and copied once into the contiguous ``cols`` that the matrix product wants.
+C*kh*kw patch of the input; lay those patches out as the rows of a matrix ``cols`` of shape
+(N*OH*OW, C*kh*kw), columns in the order (c, i, j), and the convolution is ``cols @ W_mat.T``
+with W_mat = weight.reshape(O, C*kh*kw), the same order. The patches are taken as a strided
+*view* of the padded input (no copy) and copied once into the contiguous ``cols``.
 
-Memory layout (why the fast path is fast): activations live *channels-last* in memory, (N, H, W,
-C), and are handed around as (N, C, H, W) views of it. Then
-
-* a patch row (i, j, c) of ``cols`` is kw*C consecutive floats of the input per kernel row, so
-  the im2col copy moves long runs instead of single floats;
-* the GEMM result (N*OH*OW, O) already *is* the channels-last output: no transposing copy;
-* the backward pass gets its gradient in the same layout from the max-pool above it.
+This is the reference path: plain NCHW arrays, nothing else. The faster channels-last version
+lives in :mod:`minievo.accel` and is tested against this one.
 """
 
 from __future__ import annotations
@@ -25,7 +20,10 @@ from minievo.backend import get_array_module
 
 
 def conv_output_size(size: int, k: int, stride: int, padding: int) -> int:
-    """Output length of a convolution (or pooling) along one axis; raises if it would be empty."""
+    """Output length of a convolution (or pooling) along one axis; raises if it would be empty.
+
+    out = (size + 2*padding - k) // stride + 1
+    """
     out = (size + 2 * padding - k) // stride + 1
     if out < 1:
         raise ValueError(
@@ -35,12 +33,13 @@ def conv_output_size(size: int, k: int, stride: int, padding: int) -> int:
     return out
 
 
-def _as_strided(xp, x, shape, strides):
-    if xp.__name__ == "cupy":
-        from cupy.lib.stride_tricks import as_strided
+def as_strided(x, shape, strides):
+    """A view of ``x`` with the given shape and byte strides (NumPy or CuPy): no copy."""
+    if get_array_module(x).__name__ == "cupy":
+        from cupy.lib.stride_tricks import as_strided as strided
     else:
-        from numpy.lib.stride_tricks import as_strided
-    return as_strided(x, shape=shape, strides=strides)
+        from numpy.lib.stride_tricks import as_strided as strided
+    return strided(x, shape=shape, strides=strides)
 
 
 def pad2d(x, padding: int):
@@ -52,95 +51,51 @@ def pad2d(x, padding: int):
     return xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
 
 
-def patches_view(x_padded, kh: int, kw: int, stride: int):
-    """A (N, OH, OW, C, kh, kw) strided view: [n, oh, ow] is the patch under output (oh, ow).
-
-    ``x_padded`` is (N, C, H, W) with any strides. No data is copied; the view steps through
-    the input ``stride`` pixels per output pixel.
-    """
-    xp = get_array_module(x_padded)
-    n, c, h, w = x_padded.shape
-    oh = (h - kh) // stride + 1
-    ow = (w - kw) // stride + 1
-    sn, sc, sh, sw = x_padded.strides
-    return _as_strided(
-        xp, x_padded, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw)
-    )
-
-
-def _channels_last(x):
-    """x (N, C, H, W) as a C-contiguous (N, H, W, C) array (free when already laid out so)."""
-    xp = get_array_module(x)
-    return xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
-
-
 def im2col(x, kh: int, kw: int, stride: int = 1, padding: int = 0):
-    """Patches of x (N, C, H, W) as rows: an (N*OH*OW, kh*kw*C) matrix, and (OH, OW).
+    """The patches of x (N, C, H, W) as the rows of a matrix, and the output size (OH, OW).
 
-    The columns run over (i, j, c) with the channel fastest. Built with one contiguous copy of
-    a strided view; for a single input channel (the first layer) the copy would move runs of
-    only kw floats, so the matrix is then built transposed, (kh*kw, N*OH*OW), in runs of OW
-    floats, and returned as its transposed view: a valid (N*OH*OW, kh*kw) matrix in Fortran
-    order, which BLAS multiplies without a copy.
+    Returns ``cols`` of shape (N*OH*OW, C*kh*kw): row (n, oh, ow) (row-major) holds the patch
+    x_pad[n, :, oh*stride : oh*stride + kh, ow*stride : ow*stride + kw], its columns in the
+    order (c, i, j) (row-major), so that ``cols @ w.reshape(O, -1).T`` is the convolution as an
+    (N*OH*OW, O) matrix.
     """
     # BEGIN SOLUTION task 4.1
-    xp = get_array_module(x)
-    xh = _channels_last(x)
-    if padding:
-        p = padding
-        xh = xp.pad(xh, ((0, 0), (p, p), (p, p), (0, 0)))
-    n, hp, wp, c = xh.shape
-    oh = (hp - kh) // stride + 1
-    ow = (wp - kw) // stride + 1
-    sn, sh, sw, sc = xh.strides
-    if c == 1 and stride == 1 and ow > kw:
-        view = _as_strided(xp, xh, (kh, kw, n, oh, ow), (sh, sw, sn, sh, sw))
-        return xp.ascontiguousarray(view).reshape(kh * kw, n * oh * ow).T, (oh, ow)
-    view = _as_strided(xp, xh, (n, oh, ow, kh, kw, c),
-                       (sn, sh * stride, sw * stride, sh, sw, sc))
-    return xp.ascontiguousarray(view).reshape(n * oh * ow, kh * kw * c), (oh, ow)
+    n, c, h, w = x.shape
+    oh = conv_output_size(h, kh, stride, padding)
+    ow = conv_output_size(w, kw, stride, padding)
+    xpad = get_array_module(x).ascontiguousarray(pad2d(x, padding))
+    sn, sc, sh, sw = xpad.strides
+    # view[n, oh, ow, c, i, j] = xpad[n, c, oh*stride + i, ow*stride + j]
+    view = as_strided(xpad, (n, oh, ow, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw))
+    return view.reshape(n * oh * ow, c * kh * kw), (oh, ow)  # the reshape makes the one copy
     # END SOLUTION
 
 
-def col2im(dcols, x_shape, kh: int, kw: int, stride: int, padding: int, oh: int, ow: int):
-    """The adjoint of im2col: add every patch gradient back onto the input positions it read.
+def col2im(dcols, x_shape, kh: int, kw: int, stride: int = 1, padding: int = 0):
+    """The adjoint of :func:`im2col`: add every patch gradient back onto the pixels it read.
 
-    ``dcols`` has shape (N, OH, OW, kh, kw, C) (any strides). One strided add per kernel offset
-    (i, j): kh*kw vectorised adds instead of a loop over output pixels. Returns the (N, C, H, W)
-    gradient as a view of channels-last memory.
+    ``dcols`` has im2col's shape and order, (N*OH*OW, C*kh*kw); returns dx of shape x_shape =
+    (N, C, H, W). A pixel read by several patches receives the sum of their entries, so that
+    <im2col(x), D> = <x, col2im(D)> for every x and D.
     """
     # BEGIN SOLUTION task 4.2
     xp = get_array_module(dcols)
     n, c, h, w = x_shape
-    hp, wp = h + 2 * padding, w + 2 * padding
-    dx = xp.zeros((n, hp, wp, c), dtype=dcols.dtype)
-    for i in range(kh):
+    oh = conv_output_size(h, kh, stride, padding)
+    ow = conv_output_size(w, kw, stride, padding)
+    d = dcols.reshape(n, oh, ow, c, kh, kw)
+    dx = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=dcols.dtype)
+    for i in range(kh):  # one strided add per kernel offset (i, j)
         for j in range(kw):
-            dx[:, i : i + stride * oh : stride, j : j + stride * ow : stride, :] += dcols[
-                :, :, :, i, j, :
-            ]
-    if padding:
-        dx = dx[:, padding:-padding, padding:-padding, :]
-    return dx.transpose(0, 3, 1, 2)
+            dx[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride] += (
+                d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+            )
+    return dx[:, :, padding : padding + h, padding : padding + w]
     # END SOLUTION
 
 
-def _add_bias_rows(y, b):
-    """y (R, O) += b (O,), in place.
-
-    With few channels (20 in LeNet's conv1) a plain ``y += b`` runs NumPy's inner loop over
-    only O floats per row; viewing y as (R/m, m*O) against b tiled m times gives the same sums
-    in longer runs (measured 0.46 -> 0.22 ms on LeNet-5 conv1, batch 64).
-    """
-    xp = get_array_module(y)
-    r, o = y.shape
-    m = 1
-    while r % (2 * m) == 0 and 2 * m * o <= 1024:
-        m *= 2
-    y.reshape(r // m, m * o)[...] += xp.tile(b, m)
-
-
-def _check_conv_args(x, w, b):
+def check_conv_args(x, w, b) -> None:
+    """Raise a ValueError naming the shapes when x, w, b cannot be convolved."""
     if x.ndim != 4:
         raise ValueError(f"conv2d expects input of shape (N, C, H, W), got {x.shape}")
     if w.ndim != 4:
@@ -155,53 +110,42 @@ def _check_conv_args(x, w, b):
 
 
 class Conv2d(Function):
-    """Convolution via im2col and one GEMM; the backward reuses the saved ``cols``.
+    """Convolution as im2col and one GEMM; the backward reuses the saved ``cols``.
 
-    Backward, with gy as the matrix G (N*OH*OW, O) (free: gy is channels-last in memory):
+    Forward: Y = cols W_mat^T + b, with W_mat = w.reshape(O, C*kh*kw).
+    Backward, with G the output gradient as an (N*OH*OW, O) matrix:
 
-    * weight: dW_mat = G^T cols, one GEMM;
+    * weight: dW_mat = G^T cols;
     * bias: the column sums of G;
-    * input: the patch gradients G W_mat, added back by :func:`col2im`. They are computed as
-      one batched GEMM per kernel offset, (kh*kw, N*OH*OW, C), rather than one (N*OH*OW,
-      kh*kw*C) product: then each of col2im's kh*kw strided adds reads contiguous runs of
-      OW*C floats instead of runs of C (measured on LeNet-5 conv2: 2.7 ms against 4.6 ms).
+    * input: the patch gradients G W_mat, added back onto the input by :func:`col2im`.
     """
 
     def forward(self, x, w, b=None, stride=1, padding=0):
-        _check_conv_args(x, w, b)
-        n, _, h, wd = x.shape
-        o, c, kh, kw = w.shape
-        conv_output_size(h, kh, stride, padding)
-        conv_output_size(wd, kw, stride, padding)
+        check_conv_args(x, w, b)
+        xp = get_array_module(x)
+        n = x.shape[0]
+        o, _, kh, kw = w.shape
         cols, (oh, ow) = im2col(x, kh, kw, stride, padding)
-        w_mat = w.transpose(0, 2, 3, 1).reshape(o, -1)  # (O, kh*kw*C), matching the columns
+        w_mat = w.reshape(o, -1)
         y = cols @ w_mat.T  # (N*OH*OW, O)
         if b is not None:
-            _add_bias_rows(y, b)
+            y += b
         self.cols, self.w_mat, self.w_shape, self.x_shape = cols, w_mat, w.shape, x.shape
-        self.args = (kh, kw, stride, padding, oh, ow)
+        self.args = (kh, kw, stride, padding)
         self.has_bias = b is not None
-        # NHWC in memory, returned as an NCHW view: no transposing copy on the way out.
-        return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+        return xp.ascontiguousarray(y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
 
     def backward(self, gy):
-        xp = get_array_module(gy)
-        kh, kw, stride, padding, oh, ow = self.args
-        o, c = self.w_shape[0], self.w_shape[1]
-        gy_mat = gy.transpose(0, 2, 3, 1).reshape(-1, o)  # (N*OH*OW, O)
+        kh, kw, stride, padding = self.args
+        o = self.w_shape[0]
+        g = gy.transpose(0, 2, 3, 1).reshape(-1, o)  # (N*OH*OW, O), rows (n, oh, ow)
         gx = gw = gb = None
         if self.needs_grad[1]:
-            gw = (gy_mat.T @ self.cols).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
-            gw = xp.ascontiguousarray(gw)  # (O, C, kh, kw) like the weight
+            gw = (g.T @ self.cols).reshape(self.w_shape)
         if self.has_bias and self.needs_grad[2]:
-            # Column sums as a GEMV: sum(axis=0) over 36864 short rows is 15x slower.
-            gb = xp.ones(gy_mat.shape[0], dtype=gy_mat.dtype) @ gy_mat
+            gb = g.sum(axis=0)
         if self.needs_grad[0]:
-            n = self.x_shape[0]
-            w_per_offset = self.w_mat.reshape(o, kh * kw, c).transpose(1, 0, 2)  # (kh*kw, O, C)
-            d = xp.matmul(gy_mat, w_per_offset)  # (kh*kw, N*OH*OW, C)
-            dcols = d.reshape(kh, kw, n, oh, ow, c).transpose(2, 3, 4, 0, 1, 5)
-            gx = col2im(dcols, self.x_shape, kh, kw, stride, padding, oh, ow)
+            gx = col2im(g @ self.w_mat, self.x_shape, kh, kw, stride, padding)
         return (gx, gw, gb) if self.has_bias else (gx, gw)
 
 
@@ -212,7 +156,7 @@ class Conv2dReference(Function):
     """
 
     def forward(self, x, w, b=None, stride=1, padding=0):
-        _check_conv_args(x, w, b)
+        check_conv_args(x, w, b)
         xp = get_array_module(x)
         o, c, kh, kw = w.shape
         xpad = pad2d(x, padding)

@@ -34,13 +34,33 @@ class Linear(Function):
         return gx, gw, gb
 
 
+def uniform_like(x, rng=None):
+    """Uniform [0, 1) float32 draws of x's shape, made where x lives by that backend's own
+    generator (a CuPy array's mask is drawn on its device, never copied from the host).
+
+    ``rng``: a generator of x's backend (``numpy.random.Generator`` or
+    ``cupy.random.Generator``), or None for a fresh one (NumPy) or CuPy's global one. A NumPy
+    generator given with a CuPy array seeds a device generator for this one call; keep a
+    ``cupy.random.Generator`` to avoid that (the Dropout layer does).
+    """
+    xp = get_array_module(x)
+    if xp is np:
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"a NumPy array needs a numpy.random.Generator, got {type(rng)}")
+        rng = rng if rng is not None else np.random.default_rng()
+        return rng.random(x.shape, dtype=np.float32)
+    if rng is None:
+        return xp.random.random(x.shape, dtype=np.float32)
+    if isinstance(rng, np.random.Generator):
+        rng = xp.random.default_rng(int(rng.integers(2**63)))
+    return rng.random(x.shape, dtype=np.float32)
+
+
 class Dropout(Function):
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout)."""
 
     def forward(self, x, p=0.5, rng=None):
-        xp = get_array_module(x)
-        rng = rng if rng is not None else np.random.default_rng()
-        u = xp.asarray(rng.random(x.shape, dtype=np.float32))
+        u = uniform_like(x, rng)
         self.scale = ((u >= p) / (1.0 - p)).astype(x.dtype)
         return x * self.scale
 
@@ -65,9 +85,13 @@ class LogSoftmax(Function):
 
 
 class SoftmaxCrossEntropy(Function):
-    """Mean over the batch of -log softmax(logits)[label]. logits (N, K), labels (N,) ints."""
+    """Mean over the batch of -log softmax(logits)[label]. logits (N, K), labels (N,) ints.
 
-    def forward(self, logits, labels):
+    ``check_labels=False`` skips the range check of the labels (two host reads, a device sync
+    per call on a GPU) for labels checked once already (:func:`minievo.training.fit` checks a
+    DataLoader's labels once)."""
+
+    def forward(self, logits, labels, check_labels=True):
         xp = get_array_module(logits)
         if logits.ndim != 2:
             raise ValueError(f"cross-entropy expects logits (N, K), got {logits.shape}")
@@ -78,7 +102,7 @@ class SoftmaxCrossEntropy(Function):
             )
         n, k = logits.shape
         labels = labels.astype(xp.int64, copy=False)
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        if check_labels and n and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise ValueError(f"cross-entropy: labels must lie in [0, {k}), got "
                              f"{int(labels.min())}..{int(labels.max())}")
         z = logits - logits.max(axis=1, keepdims=True)
@@ -112,9 +136,10 @@ def log_softmax(x, axis: int = -1):
     return LogSoftmax.apply(x, axis=axis)
 
 
-def softmax_cross_entropy(logits, labels):
-    """Fused softmax + negative log-likelihood, averaged over the batch."""
+def softmax_cross_entropy(logits, labels, check_labels: bool = True):
+    """Fused softmax + negative log-likelihood, averaged over the batch; ``check_labels=False``
+    for labels known to lie in [0, K) (saves a device sync per call on a GPU)."""
     from minievo.autograd import Tensor
 
     lab = labels.data if isinstance(labels, Tensor) else labels
-    return SoftmaxCrossEntropy.apply(logits, Tensor(lab))
+    return SoftmaxCrossEntropy.apply(logits, Tensor(lab), check_labels=check_labels)

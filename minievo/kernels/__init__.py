@@ -29,10 +29,11 @@ from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
 
-#: PTX target NVRTC compiles for when none is given: compute capability 7.0 (Volta), old enough
-#: for every GPU CuPy 13+ supports, new enough for everything the kernels use. nvcc, when given
-#: no target, uses its own default (CUDA 13 dropped compute_70).
-DEFAULT_PTX_ARCH = "compute_70"
+#: PTX target when none is given, for NVRTC and nvcc alike: compute capability 7.5 (Turing), the
+#: oldest that both accept without complaint (NVRTC 12.9 warns that targets before 7.5 are
+#: deprecated; nvcc 13.0 lists compute_75 as its oldest, see ``nvcc --list-gpu-arch``), and
+#: new enough for everything the kernels use. PTX of 7.5 is JIT-compiled for any newer GPU.
+DEFAULT_PTX_ARCH = "compute_75"
 
 _ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
@@ -80,8 +81,27 @@ def kernel_path(name: str) -> Path:
 
 
 def read_source(name: str) -> str:
-    """The text of a kernel source shipped with the package."""
-    return kernel_path(name).read_text()
+    """The text of a kernel source shipped with the package.
+
+    Raises:
+        NotImplementedError: the source is a student copy's, with an assignment block still
+            to write (see :func:`check_implemented`).
+    """
+    return check_implemented(kernel_path(name).read_text())
+
+
+# The stub that `minievo assignments new` leaves where a CUDA solution block was.
+_NOT_IMPLEMENTED_RE = re.compile(r"^[ \t]*//[ \t]*NOT IMPLEMENTED:[ \t]*(.+?)[ \t]*$", re.M)
+
+
+def check_implemented(source: str) -> str:
+    """``source`` itself, unless it holds an unwritten assignment block (a line
+    ``// NOT IMPLEMENTED: task 7.2: ...``): then NotImplementedError with that message, so a
+    stub is never compiled into a kernel that silently computes the wrong thing."""
+    match = _NOT_IMPLEMENTED_RE.search(source)
+    if match:
+        raise NotImplementedError(match.group(1))
+    return source
 
 
 def _strip_comments(source: str) -> str:
@@ -196,8 +216,7 @@ def compile_to_ptx(name_or_path: str | Path, arch: str | None = None,
 
     Args:
         name_or_path: a shipped source name (``'sparse_linear.cu'``) or a path to a .cu file.
-        arch: virtual architecture, e.g. ``'compute_75'``; None: :data:`DEFAULT_PTX_ARCH` for
-            NVRTC, nvcc's own default for nvcc.
+        arch: virtual architecture, e.g. ``'compute_80'``; None: :data:`DEFAULT_PTX_ARCH`.
         compiler: ``'nvrtc'``, ``'nvcc'`` or ``'auto'`` (NVRTC through CuPy when it loads,
             else nvcc).
 
@@ -208,7 +227,7 @@ def compile_to_ptx(name_or_path: str | Path, arch: str | None = None,
     path = Path(name_or_path)
     if not path.is_file():
         path = kernel_path(str(name_or_path))
-    source = path.read_text()
+    source = check_implemented(path.read_text())
     if compiler == "auto":
         found = ptx_compilers()
         if not found:
@@ -220,8 +239,113 @@ def compile_to_ptx(name_or_path: str | Path, arch: str | None = None,
     if compiler == "nvrtc":
         return _ptx_nvrtc(source, path.name, arch or DEFAULT_PTX_ARCH)
     if compiler == "nvcc":
-        return _ptx_nvcc(source, path.name, arch)
+        return _ptx_nvcc(source, path.name, arch or DEFAULT_PTX_ARCH)
     raise ValueError(f"unknown compiler {compiler!r}; use 'nvrtc', 'nvcc' or 'auto'")
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources per kernel (registers, shared memory, spills), from ptxas, without a GPU
+
+#: Real architectures the resource check assembles every kernel for: Turing to Blackwell.
+RESOURCE_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
+
+#: The static shared memory a block may use on every architecture (48 KB; more needs dynamic
+#: shared memory and an opt-in at launch).
+MAX_STATIC_SHARED = 48 * 1024
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(\w+)'")
+_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                          r"(\d+) bytes spill loads")
+_PTXAS_USED = re.compile(r"Used (\d+) registers.*?(?:(\d+) bytes smem|$)", re.M)
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What ptxas reports for one kernel on one architecture."""
+
+    kernel: str
+    arch: str
+    registers: int
+    shared_bytes: int
+    stack_bytes: int
+    spill_stores: int
+    spill_loads: int
+
+    def problems(self) -> list[str]:
+        """Why this kernel would fail or be slow on a GPU: empty when it is fine."""
+        found = []
+        if self.shared_bytes > MAX_STATIC_SHARED:
+            found.append(f"{self.kernel} on {self.arch}: {self.shared_bytes} bytes of static "
+                         f"shared memory, more than {MAX_STATIC_SHARED} (the launch would fail)")
+        if self.spill_stores or self.spill_loads:
+            found.append(f"{self.kernel} on {self.arch}: registers spill ({self.spill_stores} "
+                         f"bytes stored, {self.spill_loads} bytes loaded)")
+        return found
+
+
+def ptxas_path() -> str | None:
+    """The ``ptxas`` on PATH (or in /usr/local/cuda/bin), or None."""
+    found = shutil.which("ptxas")
+    if found:
+        return found
+    candidate = Path("/usr/local/cuda/bin/ptxas")
+    return str(candidate) if candidate.is_file() else None
+
+
+def parse_ptxas_log(log: str) -> list[KernelResources]:
+    """The per-kernel figures of a ``ptxas -v`` log (one entry per compiled kernel)."""
+    found = []
+    for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", log):
+        entry = _PTXAS_ENTRY.search(block)
+        used = _PTXAS_USED.search(block)
+        if not entry or not used:
+            continue
+        frame = _PTXAS_FRAME.search(block)
+        stack, stores, loads = (int(v) for v in frame.groups()) if frame else (0, 0, 0)
+        found.append(KernelResources(entry.group(1), entry.group(2), int(used.group(1)),
+                                     int(used.group(2) or 0), stack, stores, loads))
+    return found
+
+
+def kernel_resources(name_or_path: str | Path, arch: str = "sm_90",
+                     extra_options: tuple[str, ...] = ()) -> tuple[list[KernelResources], str]:
+    """Assemble a kernel source for real architecture ``arch`` with ``ptxas -v``.
+
+    Returns (the figures of every kernel, ptxas's error text or '' when it succeeded): a kernel
+    ptxas refuses (too much shared memory, say) still has its figures reported.
+
+    Raises:
+        KernelCompileError: no ptxas, or the source does not compile to PTX.
+    """
+    ptxas = ptxas_path()
+    if ptxas is None:
+        raise KernelCompileError("ptxas not found: put the CUDA toolkit's bin folder on PATH")
+    ptx = compile_to_ptx(name_or_path, arch=DEFAULT_PTX_ARCH)
+    with tempfile.TemporaryDirectory(prefix="minievo-ptxas-") as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        proc = subprocess.run(
+            [ptxas, "-v", f"--gpu-name={arch}", *extra_options, "-o", str(Path(tmp) / "k.cubin"),
+             str(src)], capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    errors = "\n".join(line for line in log.splitlines() if "error" in line)
+    if proc.returncode != 0 and not errors:
+        errors = log.strip() or f"ptxas exited with status {proc.returncode}"
+    return parse_ptxas_log(log), errors
+
+
+def resource_problems(name_or_path: str | Path, archs=RESOURCE_ARCHS,
+                      extra_options: tuple[str, ...] = ()) -> list[str]:
+    """Every reason (shared memory over 48 KB, register spills, a ptxas error) why the kernels of
+    a source would not run well on one of ``archs``; empty when there is none."""
+    problems = []
+    for arch in archs:
+        figures, errors = kernel_resources(name_or_path, arch, extra_options)
+        if errors:
+            problems.append(f"ptxas ({arch}): {errors}")
+        for fig in figures:
+            problems.extend(fig.problems())
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,14 +372,22 @@ __all__ = [
     "KERNEL_DIR",
     "KernelCompileError",
     "KernelParam",
+    "KernelResources",
+    "MAX_STATIC_SHARED",
+    "RESOURCE_ARCHS",
     "compile_to_ptx",
     "entry_points",
+    "check_implemented",
     "get_kernel",
     "kernel_files",
     "kernel_path",
+    "kernel_resources",
     "kernel_signature",
     "nvcc_path",
     "nvrtc_available",
+    "parse_ptxas_log",
+    "ptxas_path",
     "ptx_compilers",
     "read_source",
+    "resource_problems",
 ]

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import KERNEL_DIR, KernelParam, entry_points, kernel_path, kernel_signature
+from . import (
+    KERNEL_DIR,
+    KernelParam,
+    check_implemented,
+    entry_points,
+    kernel_path,
+    kernel_signature,
+)
 
 EMU_HEADER = KERNEL_DIR / "cuda_emu.h"
 
@@ -214,7 +221,7 @@ class EmulatedModule:
             raise EmulationError("g++ not found: install it (apt-get install g++) or set $CXX")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        text = self.path.read_text()
+        text = check_implemented(self.path.read_text())
         self.names = entry_points(text)
         self.signatures = {name: kernel_signature(text, name) for name in self.names}
         flags = list(SANITIZERS[sanitize])

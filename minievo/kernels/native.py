@@ -17,6 +17,13 @@ Folder: ``$MINIEVO_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/minievo/native``, else
 ``~/.cache/minievo/native``. Writes are atomic (compile to a temporary name, then rename), so
 two processes building at once never load half a file.
 
+A cached library is loaded only when it can be trusted: a regular file (not a symlink) owned by
+this user and writable by no one else, in a folder of the same kind, whose SHA-256 equals the
+one recorded next to it (``<name>.sha256``) when it was built. Anything else (a truncated or
+planted file, a missing record) is rebuilt, with a message on stderr. A build that takes more
+than ``$MINIEVO_NATIVE_BUILD_TIMEOUT`` seconds (default 60) is stopped, and the compact layers
+fall back to the NumPy paths, with a message.
+
 ctypes releases the GIL during the call, so :mod:`minievo.sparse.cpu` runs slices of the batch
 on a few Python threads at once.
 """
@@ -29,12 +36,18 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
+
+from minievo.checkpoint import _umask as checkpoint_umask
 
 from . import KERNEL_DIR
 
@@ -42,7 +55,7 @@ SOURCE = KERNEL_DIR / "sparse_cpu.c"
 
 #: The kernel's interface version (``minievo_sparse_cpu_version()``); a library reporting
 #: another one is rebuilt.
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 #: Compiler flags, tried in order until one set works (-march=native is not known to every
 #: compiler; without it the library is portable and somewhat slower).
@@ -51,12 +64,25 @@ FLAG_SETS = (
     ["-O3", "-std=gnu11", "-fPIC", "-shared"],
 )
 
+#: The flags of a build under AddressSanitizer and UBSan (``MINIEVO_NATIVE_SANITIZE=1``, for
+#: the fuzz test: the process must preload libasan). Part of the cache key like any flags.
+SANITIZE_FLAGS = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined",
+                  "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-fPIC", "-shared"]
+
+
+def _flag_sets() -> tuple:
+    if os.environ.get("MINIEVO_NATIVE_SANITIZE") == "1":
+        return (SANITIZE_FLAGS,)
+    return FLAG_SETS
+
+
 _f32p = ctypes.POINTER(ctypes.c_float)
 _i32p = ctypes.POINTER(ctypes.c_int32)
 _int = ctypes.c_int
 
-_ERRORS = {1: "could not allocate the kernel's workspace", 2: "inconsistent sizes"}
-_OUTSIDE = 3  # the kernel's code for a synapse that would read outside x
+_ERRORS = {1: "could not allocate the kernel's workspace",
+           2: "inconsistent sizes (batch range, padding, pooling or output size)",
+           3: "output size, stride or offsets reach outside x"}
 
 
 class NativeUnavailable(RuntimeError):
@@ -107,11 +133,40 @@ def _cpu_identity() -> str:
     return "\n".join([platform.machine(), *keep])
 
 
+def build_timeout() -> float:
+    """Seconds a build may take (``$MINIEVO_NATIVE_BUILD_TIMEOUT``, default 60)."""
+    text = os.environ.get("MINIEVO_NATIVE_BUILD_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:
+        raise NativeUnavailable(f"MINIEVO_NATIVE_BUILD_TIMEOUT={text!r} is not a number of "
+                                "seconds in (0, 1e6)")
+    return value
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run cmd in its own process group; on timeout the whole group is killed (a compiler's
+    children too) and subprocess.TimeoutExpired raised."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @functools.cache
 def _compiler_version(cc: str) -> str:
     try:
-        return subprocess.run([cc, "--version"], capture_output=True, text=True,
-                              timeout=30).stdout
+        return _run([cc, "--version"], min(10.0, build_timeout())).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -127,19 +182,93 @@ def library_path(cc: str, flags: list[str]) -> Path:
     return cache_dir() / f"sparse_cpu-{h.hexdigest()[:16]}{suffix}"
 
 
+class _BuildTimeout(NativeUnavailable):
+    """The compiler ran past :func:`build_timeout`."""
+
+
+def _hash_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _build(cc: str, flags: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    _check_owned(target.parent, "folder")
+    _remove_stale_builds(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    timeout = build_timeout()
     try:
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], capture_output=True,
-                              text=True, timeout=300)
+        try:
+            done = _run([cc, *flags, str(SOURCE), "-o", tmp], timeout)
+        except subprocess.TimeoutExpired:
+            raise _BuildTimeout(f"{cc} took more than {timeout:g} s to compile {SOURCE.name} "
+                                "(stopped; set MINIEVO_NATIVE_BUILD_TIMEOUT to wait longer)"
+                                ) from None
         if done.returncode != 0:
             raise NativeUnavailable(f"{cc} {' '.join(flags)} failed:\n{done.stderr.strip()}")
+        os.chmod(tmp, 0o755 & ~checkpoint_umask())
+        digest = _sha256(Path(tmp))
+        # The record first: a library without a matching record is never loaded.
+        fd, tmp_hash = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp",
+                                        dir=target.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest + "\n")
+        os.chmod(tmp_hash, 0o644 & ~checkpoint_umask())
+        os.replace(tmp_hash, _hash_path(target))
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Temporary files of builds killed before they finished (older than any build may run;
+    a build under way in another process is younger)."""
+    limit = time.time() - 2 * build_timeout() - 60
+    for p in folder.glob("sparse_cpu-*.tmp"):
+        try:
+            if p.lstat().st_mtime < limit:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def _check_owned(path: Path, what: str) -> os.stat_result:
+    """The stat of ``path``; NativeUnavailable unless it is a real (not symlinked) file or
+    folder owned by this user and writable by no one else."""
+    st = os.lstat(path)
+    kind_ok = stat.S_ISDIR(st.st_mode) if what == "folder" else stat.S_ISREG(st.st_mode)
+    if stat.S_ISLNK(st.st_mode) or not kind_ok:
+        raise NativeUnavailable(f"{path} is not a plain {what} (a symlink or another kind); "
+                                "refusing to use it")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise NativeUnavailable(f"{path} is owned by uid {st.st_uid}, not by this user; "
+                                "refusing to use it")
+    if st.st_mode & 0o022:
+        raise NativeUnavailable(f"{path} is writable by others (mode "
+                                f"{stat.S_IMODE(st.st_mode):o}); refusing to use it")
+    return st
+
+
+def _trusted(path: Path) -> str | None:
+    """None when the cached library at ``path`` may be loaded, else why not."""
+    try:
+        _check_owned(path.parent, "folder")
+        _check_owned(path, "file")
+        record = _hash_path(path)
+        _check_owned(record, "file")
+        want = record.read_text().strip()
+        if _sha256(path) != want:
+            return "its SHA-256 differs from the one recorded when it was built"
+    except FileNotFoundError as e:
+        return f"{e.filename} is missing"
+    except (NativeUnavailable, OSError) as e:
+        return str(e)
+    return None
 
 
 _Strides = ctypes.c_longlong * 4
@@ -162,6 +291,9 @@ def _check(what: str, checks: list) -> None:
             raise TypeError(f"{what}: {name} must be {np.dtype(dtype).name}, got {arr.dtype}")
         if name not in ("x", "out", "gy") and not arr.flags.c_contiguous:
             raise ValueError(f"{what}: {name} must be C-contiguous")
+        if not arr.flags.aligned:
+            raise ValueError(f"{what}: {name} is not aligned to its {arr.itemsize}-byte "
+                             "elements")
         if shape is not None and arr.shape != shape:
             raise ValueError(f"{what}: {name} has shape {arr.shape}, expected {shape}")
 
@@ -173,8 +305,8 @@ def _readable(what: str, name: str, a) -> tuple[np.ndarray, tuple[int, ...]]:
         raise ValueError(f"{what} expects {name} (C, H, W, N) as a NumPy array, got "
                          f"{getattr(a, 'shape', type(a).__name__)}")
     strides = element_strides(a)
-    if strides is None:
-        a = np.ascontiguousarray(a)
+    if strides is None or not a.flags.aligned:
+        a = np.array(a, order="C")  # aligned, whole-element strides
         strides = element_strides(a)
     return a, strides
 
@@ -186,10 +318,9 @@ def _check_size(what: str, c: int, h: int, w: int) -> None:
 
 
 def _raise_for(what: str, rc: int) -> None:
-    if rc == _OUTSIDE:
-        raise ValueError(f"{what}: output size, stride or offsets reach outside x")
+    """Every error code of the kernel is a ValueError (it wrote nothing out of bounds)."""
     if rc != 0:
-        raise RuntimeError(f"{what} failed: {_ERRORS.get(rc, f'error {rc}')}")
+        raise ValueError(f"{what}: {_ERRORS.get(rc, f'error code {rc}')}")
 
 
 def _check_pointers(what: str, syn_ptr: np.ndarray, off: np.ndarray) -> None:
@@ -229,6 +360,7 @@ class NativeKernel:
                        _int, _int, _int,                       # OH, OW, stride
                        _f32p, _f32p,                           # bias, bias_map
                        _int, _int, _int,                       # pool_k, pool_s, relu
+                       _int, _int,                             # out_h, out_w
                        _f32p, _i32p, _Strides,                 # out, out_map, out strides
                        _int, _int]                             # n_begin, n_end
         self._conv = fn
@@ -271,6 +403,9 @@ class NativeKernel:
         c, h, wd, n = x.shape
         o = len(syn_ptr) - 1
         oh, ow = out_hw
+        if pool is not None and not (1 <= pool[0] <= min(oh, ow) and pool[1] >= 1):
+            raise ValueError(f"{what}: max pooling (size {pool[0]}, stride {pool[1]}) needs a "
+                             f"size in 1..{min(oh, ow)} and a stride >= 1")
         ph, pw = (oh, ow) if pool is None else ((oh - pool[0]) // pool[1] + 1,
                                                 (ow - pool[0]) // pool[1] + 1)
         n_end = _batch_range(n_begin, n_end, n)
@@ -303,7 +438,7 @@ class NativeKernel:
         rc = self._conv(ptr(x, _f32p), c, h, wd, n, _Strides(*xs), pad, o, ptr(syn_ptr, _i32p),
                         ptr(off, _i32p), ptr(w, _f32p), oh, ow, stride, ptr(bias, _f32p),
                         None if bias_map is None else ptr(bias_map, _f32p), pk, ps, int(relu),
-                        ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
+                        ph, pw, ptr(out, _f32p), None if out_map is None else ptr(out_map, _i32p),
                         _Strides(*os_), n_begin, n_end)
         _raise_for(what, rc)
 
@@ -355,12 +490,24 @@ def _load() -> NativeKernel:
         raise NativeUnavailable(f"{want}; install one (e.g. apt install gcc) for the fast "
                                 "compiled path")
     errors = []
-    for flags in FLAG_SETS:
-        path = library_path(cc, flags)
+    for flags in _flag_sets():
         try:
-            if not path.is_file():
+            path = library_path(cc, flags)
+            if os.path.lexists(path) or os.path.lexists(_hash_path(path)):
+                why = _trusted(path)
+                if why is not None:
+                    print(f"minievo: the cached native kernel {path} cannot be trusted ({why}); "
+                          "rebuilding it", file=sys.stderr)
+                    for stale in (path, _hash_path(path)):
+                        if os.path.lexists(stale):
+                            os.unlink(stale)
+                    _build(cc, flags, path)
+            else:
                 _build(cc, flags, path)
             return NativeKernel(path)
+        except _BuildTimeout as e:
+            print(f"minievo: {e}; the compact layers use the NumPy paths", file=sys.stderr)
+            raise NativeUnavailable(str(e)) from None
         except (NativeUnavailable, OSError, subprocess.SubprocessError) as e:
             errors.append(str(e))
     raise NativeUnavailable("could not build the native kernel:\n" + "\n".join(errors))

@@ -36,8 +36,11 @@
  * gradient of the live synapses only.
  *
  * Sizes are int (32-bit). Return value: 0 on success, 1 when the workspace could not be
- * allocated, 2 for inconsistent sizes, 3 when a synapse would read outside x (checked for
- * every synapse before anything is read).
+ * allocated, 2 for inconsistent sizes (among them a pooling window or stride below 1, a
+ * window larger than the maps, or an output size out_h x out_w that is not the one this
+ * geometry gives: the caller allocated out for out_h x out_w, so nothing is written unless they
+ * agree), 3 when a synapse would read outside x (checked for every synapse before anything is
+ * read).
  */
 
 #include <stddef.h>
@@ -54,7 +57,7 @@
  * ones on CPUs without AVX. Tiles are 32-byte aligned, so vectors load directly. */
 typedef float vf8 __attribute__((vector_size(32)));
 
-int minievo_sparse_cpu_version(void) { return 6; }
+int minievo_sparse_cpu_version(void) { return 7; }
 
 int minievo_sparse_cpu_tile(void) { return NB; }
 
@@ -117,11 +120,20 @@ static void pack_tile(const float *restrict x, int C, int H, int W, const long l
     }
 }
 
+/* 1 when the padded input, C x (H + 2*pad) x (W + 2*pad) values, is indexable with int. */
+static int fits_int(int C, int H, int W, int pad) {
+    const long long hp = (long long)H + 2LL * pad, wp = (long long)W + 2LL * pad;
+    return hp * wp * C < 2147483647LL;
+}
+
 /* 1 when every synapse of maps 0 .. O-1 reads inside x (C*Hp*Wp packed pixels) from every
  * window corner of the OH x OW output; checked before any memory is touched. */
 static int offsets_fit(const int32_t *syn_ptr, int O, const int32_t *off, int C, int Hp, int Wp,
                        int OH, int OW, int stride) {
     const long long plane = (long long)Hp * Wp;
+    if (syn_ptr[0] < 0) return 0;
+    for (int o = 0; o < O; ++o)  /* non-decreasing, so the loop below sees every synapse */
+        if (syn_ptr[o + 1] < syn_ptr[o]) return 0;
     for (int s = syn_ptr[0]; s < syn_ptr[O]; ++s) {
         const long long v = off[s];
         if (v < 0 || v >= C * plane) return 0;
@@ -163,23 +175,26 @@ int minievo_sparse_conv(
     int OH, int OW, int stride,
     const float *restrict bias,      /* (O,) */
     const float *restrict bias_map,  /* (O, OH, OW) or NULL */
-    int pool_k, int pool_s,          /* pool_k = 0: no pooling */
+    int pool_k, int pool_s,          /* pool_k = 0: no pooling, else both >= 1 */
     int relu,
+    int out_h, int out_w,            /* PH, PW the caller sized out for; must match */
     float *restrict out,             /* (O, PH, PW) per image (PH = OH without pooling) */
     const int32_t *restrict out_map, /* map o goes to map out_map[o] of out; NULL: to o */
     const long long *os,             /* element strides of out: map, row, column, image */
     int n_begin, int n_end) {
     if (C < 1 || H < 1 || W < 1 || N < 1 || O < 0 || OH < 1 || OW < 1 || stride < 1 ||
-        pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end)
+        pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end || !fits_int(C, H, W, pad))
         return 2;
     const int Hp = H + 2 * pad, Wp = W + 2 * pad;
     if (!offsets_fit(syn_ptr, O, off, C, Hp, Wp, OH, OW, stride)) return 3;
     int PH = OH, PW = OW;
+    if (pool_k < 0) return 2;
     if (pool_k > 0) {
         if (pool_s < 1 || pool_k > OH || pool_k > OW) return 2;
         PH = (OH - pool_k) / pool_s + 1;
         PW = (OW - pool_k) / pool_s + 1;
     }
+    if (PH != out_h || PW != out_w) return 2;
     const size_t pixels = (size_t)C * Hp * Wp, npix = (size_t)PH * PW;
     /* Channels-last output: the maps of a tile are staged as (PH*PW, O, NB) and written pixel
      * by pixel, O contiguous floats per image; written map by map, every float would land on
@@ -285,7 +300,7 @@ int minievo_sparse_conv_wgrad(
     const float *restrict gy, const long long *gs,
     double *restrict gw, int n_begin, int n_end) {
     if (C < 1 || H < 1 || W < 1 || N < 1 || O < 0 || OH < 1 || OW < 1 || stride < 1 ||
-        pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end)
+        pad < 0 || n_begin < 0 || n_end > N || n_begin > n_end || !fits_int(C, H, W, pad))
         return 2;
     const int Hp = H + 2 * pad, Wp = W + 2 * pad;
     if (!offsets_fit(syn_ptr, O, off, C, Hp, Wp, OH, OW, stride)) return 3;

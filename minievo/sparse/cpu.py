@@ -401,6 +401,8 @@ def conv2d_chwn(x: np.ndarray, weights: ConvWeights, bias: np.ndarray, stride: i
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
     if pool is not None and min(oh, ow) < pool[0]:
         raise ValueError(f"max pooling window {pool[0]} does not fit maps of {oh}x{ow}")
+    if pool is not None and (pool[0] < 1 or pool[1] < 1):
+        raise ValueError(f"max pooling needs a window and stride >= 1, got {tuple(pool)}")
     if weights.method == "native":  # reads x in place, padding it on the fly
         return _conv_native(x, weights, bias, stride, padding, oh, ow, bias_map, pool, relu,
                             out, out_index, in_index)

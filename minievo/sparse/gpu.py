@@ -19,13 +19,20 @@ Input rules, checked before every launch (a wrong array is never read as garbage
   larger inputs raise ValueError asking for smaller batches.
 * shapes: the channel count of x must match the layer, the CSR arrays must agree with each
   other; mismatches raise ValueError with the shapes in the message.
+* CSR values: ``indptr`` must start at 0, never decrease and end at the number of indices, and
+  every index must name an existing input map or feature (one reduction and one host read,
+  on the device for CuPy arrays; ``csr_checked=True`` skips it for arrays checked once
+  already, as the compact layers do at ``.to('cupy')``). A wrong device ``indptr`` would
+  otherwise read past the weights.
+* device: every CuPy array must live on the current device (``cupy.cuda.Device()``); a launch
+  on one GPU with arrays of another would read foreign memory.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minievo.backend import get_array_module, is_cupy_array
+from minievo.backend import get_array_module
 from minievo.sparse.reference import conv_output_hw
 
 CONV_FILE, CONV_KERNEL = "sparse_conv2d.cu", "cluster_sparse_conv2d_forward"
@@ -62,23 +69,57 @@ def _contiguous(xp, a):
     return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
 
 
-def check_csr(indptr, indices, rows: int, name: str = "weight") -> None:
-    """Shape checks of CSR arrays: indptr (rows+1,), indices 1-D.
+def csr_errors(indptr, indices, cols: int | None = None):
+    """Counts of the ways CSR arrays can be wrong, in one small array of 4 ints, computed where
+    the arrays live (NumPy or CuPy; no host read here): [indptr[0] != 0, indptr[-1] != nnz,
+    decreasing steps of indptr, indices outside [0, cols) (0 when ``cols`` is None)]."""
+    xp = get_array_module(indptr, indices)
+    nnz = indices.shape[0]
+    first, last = indptr[:1], indptr[-1:]
+    out_of_range = ((indices < 0) | (indices >= cols)).sum() if cols is not None else 0
+    return xp.stack([
+        (first != 0).sum(), (last != nnz).sum(), (indptr[1:] < indptr[:-1]).sum(),
+        xp.asarray(out_of_range).astype(xp.int64).reshape(()),
+    ]).astype(xp.int64)
 
-    On NumPy arrays the values are checked too (indptr[0] == 0, non-decreasing, indptr[-1] ==
-    nnz). On CuPy arrays that would cost a device sync per launch; the compact layers check
-    their CSR once when they are built, and the kernels ignore out-of-range map indices.
-    """
+
+def check_csr(indptr, indices, rows: int, name: str = "weight", cols: int | None = None,
+              values: bool = True) -> None:
+    """Checks of CSR arrays: shapes (indptr (rows+1,), indices 1-D), and unless ``values`` is
+    False their values (:func:`csr_errors`: one host read, also for CuPy arrays)."""
     if indptr.ndim != 1 or indptr.shape[0] != rows + 1:
         raise ValueError(f"{name}: indptr has shape {indptr.shape}, expected ({rows + 1},)")
     if indices.ndim != 1:
         raise ValueError(f"{name}: indices must be 1-D, got shape {indices.shape}")
-    if not is_cupy_array(indptr):
-        if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0]:
+    if not values:
+        return
+    start, end, decreasing, outside = (int(v) for v in csr_errors(indptr, indices, cols).tolist())
+    if start or end or decreasing:
+        raise ValueError(
+            f"{name}: indptr must start at 0, never decrease and end at the number of "
+            f"indices ({indices.shape[0]}); got start {int(indptr[0])}, end {int(indptr[-1])}, "
+            f"{decreasing} decreasing step(s)"
+        )
+    if outside:
+        raise ValueError(f"{name}: {outside} index(es) outside [0, {cols})")
+
+
+def check_same_device(arrays: dict, current: int) -> None:
+    """Refuse a launch whose CuPy arrays do not all live on device ``current``: ``arrays``
+    maps names to arrays; NumPy arrays (no device id) are ignored."""
+    for name, a in arrays.items():
+        dev = getattr(getattr(a, "device", None), "id", None)
+        if dev is not None and dev != current:
             raise ValueError(
-                f"{name}: indptr must start at 0, never decrease and end at the number of "
-                f"indices ({indices.shape[0]}); got start {indptr[0]}, end {indptr[-1]}"
+                f"{name} lives on GPU {dev} but the current device is GPU {current}; launch "
+                f"inside `with cupy.cuda.Device({dev}):` or move the arrays (model.to('cupy') "
+                "copies to the current device)"
             )
+
+
+def _check_device(xp, **arrays) -> None:
+    if xp is not np:
+        check_same_device(arrays, xp.cuda.Device().id)
 
 
 def _block_size(work: int) -> int:
@@ -94,7 +135,8 @@ CONV_LAYOUTS = {"NCHW": (0, 1, 2, 3), "CHWN": (1, 2, 3, 0)}
 
 
 def launch_conv2d(kernel, x, indptr, indices, kernels, bias, stride: int = 1,
-                  padding: int = 0, layout: str = "NCHW", threads: int | None = None):
+                  padding: int = 0, layout: str = "NCHW", threads: int | None = None,
+                  csr_checked: bool = False):
     """Run the cluster-sparse convolution kernel; returns the output array.
 
     Args:
@@ -107,6 +149,7 @@ def launch_conv2d(kernel, x, indptr, indices, kernels, bias, stride: int = 1,
         stride, padding: as in Conv2d.
         layout: 'NCHW' or 'CHWN', for both x and the result.
         threads: threads per block (default: 32..256, enough for the map).
+        csr_checked: the CSR values were checked once already (skips :func:`csr_errors`).
 
     Returns:
         y, (N, O, OH, OW) or (O, OH, OW, N) following ``layout``.
@@ -129,8 +172,10 @@ def launch_conv2d(kernel, x, indptr, indices, kernels, bias, stride: int = 1,
         raise ValueError(f"bias has shape {bias.shape}, expected ({o},) for {o} output maps")
     if kernels.shape[0] != indices.shape[0]:
         raise ValueError(f"{indices.shape[0]} kernel indices but {kernels.shape[0]} kernels")
-    check_csr(indptr, indices, o, "conv weight")
+    _check_device(xp, x=x, indptr=indptr, indices=indices, kernels=kernels, bias=bias)
     kh, kw = kernels.shape[1:]
+    if kh * kw == 0:
+        raise ValueError(f"kernels of {kh}x{kw} have no taps; a conv kernel needs kh, kw >= 1")
     if kh * kw > CONV_TILE_FLOATS:
         raise ValueError(f"kernel {kh}x{kw} too large for the shared-memory tile "
                          f"({CONV_TILE_FLOATS} floats)")
@@ -140,6 +185,7 @@ def launch_conv2d(kernel, x, indptr, indices, kernels, bias, stride: int = 1,
     perm = CONV_LAYOUTS[layout]
     where = [perm.index(axis) for axis in range(4)]  # position of N, C, H, W in the layout
     n, c, h, w = (x.shape[where[a]] for a in range(4))
+    check_csr(indptr, indices, o, "conv weight", cols=c, values=not csr_checked)
     oh, ow = conv_output_hw(h, w, kh, kw, int(stride), int(padding))
     y_nchw = (n, o, oh, ow)
     y = xp.empty(tuple(y_nchw[a] for a in perm), dtype=xp.float32)
@@ -167,7 +213,7 @@ def launch_conv2d(kernel, x, indptr, indices, kernels, bias, stride: int = 1,
 
 
 def launch_linear(kernel, x, indptr, indices, values, bias, layout: str = "NF",
-                  threads: int | None = None):
+                  threads: int | None = None, csr_checked: bool = False):
     """Run the CSR linear kernel; returns the output.
 
     Args:
@@ -175,6 +221,7 @@ def launch_linear(kernel, x, indptr, indices, values, bias, layout: str = "NF",
         x: (N, F) for layout 'NF', (F, N) for 'FN' (feature-major, the fast one on a GPU).
         indptr (O+1,), indices (nnz,) int32; values (nnz,) float32; bias (O,) float32.
         layout: 'NF' or 'FN' for both x and the result.
+        csr_checked: the CSR values were checked once already (skips :func:`csr_errors`).
 
     Returns:
         y, (N, O) or (O, N) following ``layout``.
@@ -195,9 +242,10 @@ def launch_linear(kernel, x, indptr, indices, values, bias, layout: str = "NF",
         raise ValueError(f"bias has shape {bias.shape}, expected ({o},)")
     if values.shape != indices.shape:
         raise ValueError(f"values {values.shape} and indices {indices.shape} differ in shape")
-    check_csr(indptr, indices, o, "linear weight")
+    _check_device(xp, x=x, indptr=indptr, indices=indices, values=values, bias=bias)
     x = _contiguous(xp, x)
     n, f = x.shape if layout == "NF" else x.shape[::-1]
+    check_csr(indptr, indices, o, "linear weight", cols=f, values=not csr_checked)
     y = xp.empty((n, o) if layout == "NF" else (o, n), dtype=xp.float32)
     item = x.itemsize
     # element strides of the batch and feature axes, for x and y

@@ -44,7 +44,10 @@ def _gather_unless_native(x, in_index, layer):
     offsets; every other path gets the gathered copy."""
     if in_index is None or (not is_cupy_array(x) and layer.method == "native"):
         return x, in_index
-    return Gather(in_index).forward_bl(x), None
+    gather = layer._gather
+    if gather is None or gather.source is not in_index:  # one Gather (and device index) per
+        gather = layer._gather = Gather(in_index)        # index array, not one per call
+    return gather.forward_bl(x), None
 
 
 def _copy_into(out, y, index=None):
@@ -80,14 +83,20 @@ class _DeviceMixin:
 
     backend = "numpy"
     _device_names: tuple[str, ...] = ()
+    _gather = None  # the Gather of the input index the model passes (see _gather_unless_native)
 
     def to(self, name: str):
-        """Keep device copies on backend ``name`` ('numpy' or 'cupy'); returns self."""
+        """Keep device copies on backend ``name`` ('numpy' or 'cupy'), on the current device;
+        returns self. The device CSR is checked there once (one host read), so launches skip
+        it."""
         name = backend._check_name(name)
+        self._gather = None
         if name == "cupy":
             cp = backend.xp_for("cupy")
             self._dev = {k: cp.asarray(getattr(self, k)) for k in self._device_names
                          if getattr(self, k) is not None}
+            gpu.check_csr(self._dev["indptr"], self._dev["indices"], self.indptr.shape[0] - 1,
+                          type(self).__name__, cols=self._in_units)
         else:
             self._dev = None
         self.backend = name
@@ -182,6 +191,10 @@ class CompactConv2d(_DeviceMixin):
         return self.indptr.shape[0] - 1
 
     @property
+    def _in_units(self) -> int:
+        return self.in_channels
+
+    @property
     def kernel_size(self) -> tuple[int, int]:
         return tuple(self.kernels.shape[1:])
 
@@ -263,7 +276,7 @@ class CompactConv2d(_DeviceMixin):
         emulated one on NumPy arrays with ``arrays=self.host_arrays()`` in the tests)."""
         y = gpu.launch_conv2d(kernel, x, arrays["indptr"], arrays["indices"],
                               arrays["kernels"], arrays["bias"], self.stride, self.padding,
-                              layout="CHWN")
+                              layout="CHWN", csr_checked=True)
         if self.bias_map is not None:
             y += arrays["bias_map"][..., None]
         return y
@@ -342,6 +355,10 @@ class CompactLinear(_DeviceMixin):
         return self.indptr.shape[0] - 1
 
     @property
+    def _in_units(self) -> int:
+        return self.in_features
+
+    @property
     def synapses(self) -> int:
         return int(self.indices.shape[0])
 
@@ -399,7 +416,8 @@ class CompactLinear(_DeviceMixin):
     def kernel_forward(self, x, kernel, arrays: dict):
         """The GPU path: feature-major x (F, N) through ``kernel`` (see CompactConv2d)."""
         return gpu.launch_linear(kernel, x, arrays["indptr"], arrays["indices"],
-                                 arrays["values"], arrays["bias"], layout="FN")
+                                 arrays["values"], arrays["bias"], layout="FN",
+                                 csr_checked=True)
 
     def forward(self, x):
         """x (N, F) float32 (NumPy or CuPy, or a Tensor) -> (N, O) array."""
@@ -430,6 +448,9 @@ class MaxPool:
     def __init__(self, kernel_size: int, stride: int | None = None):
         self.kernel_size = int(kernel_size)
         self.stride = self.kernel_size if stride is None else int(stride)
+        if self.kernel_size < 1 or self.stride < 1:
+            raise ValueError(f"max pooling needs a window and stride >= 1, got "
+                             f"{self.kernel_size}, {self.stride}")
 
     def forward_bl(self, x):
         xp = get_array_module(x)
@@ -501,6 +522,7 @@ class Gather:
     """Keep the units ``index`` of axis 0 (input maps or features the model reads)."""
 
     def __init__(self, index):
+        self.source = index  # the array given (a layer reuses its Gather while it is the same)
         self.index = _host(index, np.int64)
         self._dev_index = None
 
