@@ -1,8 +1,12 @@
 """Compare environmental-factor / normalisation settings on one shared trained ancestor.
 
 Each setting runs a short lineage in its own process (one BLAS thread each, ``--jobs`` at a
-time) from the same ancestor checkpoint, and the script prints, per setting, the generation
-where the lineage first passed 125x and 200x synaptic efficiency and the test accuracy there.
+time) from the same ancestor checkpoint. Every choice is made on a validation split carved from
+the training set (``--val-fraction``, default 0.1): the script prints, per setting, the
+generation where the lineage first passed 125x and 200x synaptic efficiency and the
+*validation* accuracy there, which is what a setting is chosen by. The test accuracy of the
+last generation is printed last, marked as a report only, with the size of the test set.
+(For seeds x settings with mean and spread, use ``minievo sweep``.)
 
     python benchmarks/calibrate_environment.py --ancestor runs/anc/checkpoint.npz \
         --generations 10 --limit-train 20000 --jobs 2 \
@@ -23,7 +27,8 @@ from pathlib import Path
 def run_one(setting: dict, args, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "minievo.cli", "evolve", "--no-progress",
            "--ancestor-path", args.ancestor, "--generations", str(args.generations),
-           "--offspring-epochs", str(args.offspring_epochs), "--out", str(out)]
+           "--offspring-epochs", str(args.offspring_epochs), "--out", str(out),
+           "--val-fraction", str(args.val_fraction)]
     if args.limit_train:
         cmd += ["--limit-train", str(args.limit_train)]
     for key, value in setting.items():
@@ -38,16 +43,28 @@ def summarise(setting: dict, out: Path) -> str:
     if not path.exists():
         return f"{json.dumps(setting)}: no table (see {out.with_suffix('.log')})"
     rows = json.loads(path.read_text())
-    acc0 = rows[0]["test_accuracy"]
-    parts = [json.dumps(setting), f"gen0 {100 * acc0:.2f}%"]
+    acc0 = rows[0]["val_accuracy"]
+    parts = [json.dumps(setting), f"gen0 val {100 * acc0:.2f}%"]
     for target in (125, 200):
         hit = next((r for r in rows if r["synaptic_efficiency"] >= target), None)
         parts.append(f">= {target}x: " + (
-            f"gen {hit['generation']} acc {100 * hit['test_accuracy']:.2f}%" if hit else "never"))
+            f"gen {hit['generation']} val {100 * hit['val_accuracy']:.2f}%" if hit else "never"))
     last = rows[-1]
     parts.append(f"last gen {last['generation']}: {last['synaptic_efficiency']:.0f}x "
-                 f"{100 * last['test_accuracy']:.2f}%")
+                 f"val {100 * last['val_accuracy']:.2f}% (validation: {last['val_images']} "
+                 f"images); report only: test {100 * last['test_accuracy']:.2f}% on "
+                 f"{last['test_images']} test images")
     return "  |  ".join(parts)
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
 
 
 def main(argv=None) -> int:
@@ -57,10 +74,16 @@ def main(argv=None) -> int:
                     help="JSON object of `minievo evolve` options (repeatable)")
     ap.add_argument("--generations", type=int, default=10)
     ap.add_argument("--offspring-epochs", type=int, default=1)
-    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--limit-train", type=_at_least_one, default=None)
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="validation split carved from the training set; every choice is "
+                         "made on it, never on the test set (default 0.1)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="runs/calibration")
     args = ap.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        ap.error(f"--val-fraction {args.val_fraction} is outside (0, 1): the settings are "
+                 "chosen on validation, never on the test set")
     settings = [json.loads(s) for s in args.setting]
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)

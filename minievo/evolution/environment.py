@@ -241,16 +241,23 @@ class QuantileRetention:
     def __post_init__(self):
         object.__setattr__(self, "fraction", _check_unit_interval("fraction", self.fraction))
 
-    def solve(self, layers, env: EnvironmentalFactor, **encode_options) -> tuple[float, float]:
+    def solve(self, layers, env: EnvironmentalFactor, encoder=None,
+              **encode_options) -> tuple[float, float]:
         """Return ``(q, expected_retention)`` for the ancestor's prunable ``layers``.
 
         ``encode_options`` go to :func:`~minievo.evolution.encoding.encode` (granularity,
         protect_output, scope, cluster_quantile); ``synapse_quantile`` is what is solved.
+        ``encoder``, when given, replaces that encoding: a function ``q -> encodings`` (the
+        combined encoding of several parents, :func:`~minievo.evolution.mating.parent_encoder`).
         """
         from minievo.evolution.encoding import encode
 
+        if encoder is None:
+            def encoder(q: float):
+                return encode(layers, synapse_quantile=q, **encode_options)
+
         def retention(q: float) -> float:
-            return expected_retention(encode(layers, synapse_quantile=q, **encode_options), env)
+            return expected_retention(encoder(q), env)
 
         r_max = retention(1.0)
         if r_max >= self.fraction:  # even the literal normalisation keeps enough

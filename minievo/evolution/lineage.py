@@ -79,6 +79,9 @@ class EvolutionConfig:
     retention_control: str = "factor"
     # options beyond the paper (off by default)
     offspring_per_generation: int = 1
+    # multi-parent synthesis (evolution.mating): from generation 2 on, every offspring's
+    # encoding combines the `parents` fittest (on validation) offspring of the generation before
+    parents: int = 1
     val_fraction: float = 0.0
     stop_margin: float | None = None
     # a trained ancestor to start from (a `minievo train` checkpoint or a lineage model.npz)
@@ -128,6 +131,12 @@ class EvolutionConfig:
             raise UsageError(f"stop_margin = {self.stop_margin} is outside [0, 1): it is the "
                              "drop in validation accuracy (a fraction, 0.01 = 1 point) that "
                              "stops the lineage")
+        if not isinstance(self.parents, int) or self.parents < 1:
+            raise UsageError(f"parents must be a whole number >= 1, got {self.parents!r}")
+        if self.parents > self.offspring_per_generation:
+            raise UsageError(f"parents = {self.parents} needs at least as many offspring per "
+                             f"generation (offspring_per_generation = "
+                             f"{self.offspring_per_generation}) to choose them from")
         if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "
@@ -195,6 +204,14 @@ PRESETS: dict[str, dict] = {
                         offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
                         cluster_quantile=0.5, target_retention=0.66,
                         retention_control="quantile"),
+    # The literal model of docs/method.md: per-layer Z = max / ln 2 (layer scope, quantiles 1),
+    # constant F_c = F_s = 1, no retention control. It collapses within a few generations
+    # (about a fifth of a trained LeNet-5's synapses survive each one); README, "How the
+    # default run departs from the paper's literal model".
+    "literal": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=8,
+                    offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="layer",
+                    synapse_quantile=1.0, cluster_quantile=1.0, target_retention=None,
+                    retention_control="factor"),
     # A few-minute run of the same pipeline on a slice of MNIST.
     "quick": dict(model="lenet5", dataset="mnist", generations=5, ancestor_epochs=2,
                   offspring_epochs=1, f_c=1.0, f_s=1.0, normalisation_scope="network",
@@ -287,7 +304,8 @@ class Lineage:
     def run(self) -> list:
         """Run (or resume) the lineage; returns the per-generation rows."""
         cfg = self.config
-        resume = check_run_dir(self.out, asdict(cfg), "evolve")
+        recorded = self._recorded_config()
+        resume = check_run_dir(self.out, recorded, "evolve")
         # the data (and its checks) before the run folder is written to
         self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
                                     cfg.limit_train, cfg.limit_test, cfg.val_fraction,
@@ -295,7 +313,7 @@ class Lineage:
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume:
             ckpt.atomic_write_text(self.out / "config.json", json.dumps(
-                run_record("evolve", asdict(cfg)), indent=2))
+                run_record("evolve", recorded), indent=2))
         self.rows = self._load_rows()
         if self.rows:
             self.log(f"resuming {self.out}: generations 0..{self.rows[-1]['generation']} "
@@ -318,11 +336,32 @@ class Lineage:
             g = len(self.rows)
             if self._should_stop():
                 break
-            ancestor = self._generation(ancestor, g)
+            ancestor = self._generation(ancestor, g, self._parents(g))
         from minievo.evolution import report
 
         self.paths = report.render(self.out)  # tables and plots of the finished run
         return self.rows
+
+    def _recorded_config(self) -> dict:
+        """The config as written to config.json: single-parent runs leave ``parents`` out, so
+        that run folders written before the option existed still resume."""
+        values = asdict(self.config)
+        if values["parents"] == 1:
+            del values["parents"]
+        return values
+
+    def _parents(self, g: int):
+        """The parents of generation g's offspring: None (single parent: the ancestor), or the
+        ``parents`` fittest offspring of generation g - 1 on validation, fittest first."""
+        cfg = self.config
+        if cfg.parents == 1 or g < 2:
+            return None
+        scored = []
+        for k in range(cfg.offspring_per_generation):
+            row = json.loads((self._gen_dir(g - 1, k) / "row.json").read_text())
+            scored.append((-row["val_accuracy"], k))
+        return [self._load_model(self._gen_dir(g - 1, k) / "model.npz")
+                for _, k in sorted(scored)[: cfg.parents]]
 
     def _should_stop(self) -> bool:
         cfg = self.config
@@ -336,8 +375,18 @@ class Lineage:
             return True
         return False
 
-    def _generation(self, ancestor, g: int):
+    def _generation(self, ancestor, g: int, parents=None):
         cfg = self.config
+        encoder = None
+        if parents is not None:
+            from minievo.evolution import mating
+
+            ancestor = self._new_model()
+            ancestor.load_state_dict(mating.combined_state([p.state_dict() for p in parents]))
+            encoder = mating.parent_encoder(parents, granularity=cfg.granularity,
+                                            scope=cfg.normalisation_scope,
+                                            cluster_quantile=cfg.cluster_quantile)
+            agree = mating.agreement([p.state_dict() for p in parents])
         ancestor_state = ancestor.state_dict()
         best = None
         for k in range(cfg.offspring_per_generation):
@@ -352,7 +401,9 @@ class Lineage:
                     raise ckpt.CheckpointError(f"{kdir / 'row.json'}: not a readable result "
                                                f"row ({exc!r})") from None
             else:
-                child, info = self._synthesise(ancestor, ancestor_state, g, k)
+                child, info = self._synthesise(ancestor, ancestor_state, g, k, encoder)
+                if parents is not None:
+                    info["parent_agreement"] = agree
                 row = self._train_and_record(child, g, cfg.offspring_epochs, kdir, info,
                                              record=False)
             if cfg.offspring_per_generation > 1:
@@ -367,8 +418,11 @@ class Lineage:
         self._record(row)
         return child
 
-    def _synthesise(self, ancestor, ancestor_state, g: int, k: int):
-        """Sample offspring k of generation g and give it its starting weights."""
+    def _synthesise(self, ancestor, ancestor_state, g: int, k: int, encoder=None):
+        """Sample offspring k of generation g and give it its starting weights.
+
+        ``encoder`` (q -> encodings) replaces the ancestor's own encoding when the offspring
+        has several parents; ``ancestor`` is then their combined genotype (see .mating)."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, g, k, 1])
         q = cfg.synapse_quantile
@@ -376,9 +430,10 @@ class Lineage:
                        cluster_quantile=cfg.cluster_quantile)
         if cfg.target_retention is not None and cfg.retention_control == "quantile":
             q, _ = QuantileRetention(cfg.target_retention).solve(
-                prunable_layers(ancestor), cfg.environment(), **options)
-        masks, stats = synthesize_offspring(ancestor, cfg.environment(), rng,
-                                            return_stats=True, synapse_quantile=q, **options)
+                prunable_layers(ancestor), cfg.environment(), encoder=encoder, **options)
+        masks, stats = synthesize_offspring(
+            ancestor, cfg.environment(), rng, return_stats=True, synapse_quantile=q,
+            encodings=None if encoder is None else encoder(q), **options)
         # load_state_dict keeps the arrays it is given (no copy), and training updates them in
         # place: each offspring gets its own copies, or it would alter the ancestor's state
         # (the next offspring's start) and generation 0's (what 'rewind' goes back to).
@@ -427,8 +482,10 @@ class Lineage:
         # Generation 0 is its own reference (efficiency 1, also for a pruned ancestor_path).
         row.update(metrics.as_row(metrics if g == 0 else self._reference()))
         row["test_accuracy"] = test_r["accuracy"]
+        row["test_images"] = int(test.num_samples)
         if val is not None:
             row["val_accuracy"] = training.evaluate(model, val)["accuracy"]
+            row["val_images"] = int(val.num_samples)
         row["train_seconds"] = round(seconds, 2)
         row["eval_seconds"] = round(time.perf_counter() - t0, 2)
         row.update(info)

@@ -200,6 +200,7 @@ def synthesize_offspring(
     granularity: str = "kernel",
     protect_output: bool = True,
     return_stats: bool = False,
+    encodings: dict | None = None,
     **encoding_options,
 ):
     """Sample the masks of one offspring of the ancestor (one generation's synthesis).
@@ -217,6 +218,9 @@ def synthesize_offspring(
             use "neuron".
         protect_output: never drop the last prunable layer's neurons (the classes) as clusters.
         return_stats: also return an :class:`OffspringStats`.
+        encodings: the encodings to sample from, when they are not the ancestor's own (the
+            combined encoding of several parents, :mod:`.mating`); ``model_or_layers`` then
+            gives the genotype (masks) and dtypes, and ``encoding_options`` are unused.
         **encoding_options: normalisation options of :func:`minievo.evolution.encoding.encode`
             (synapse_quantile, cluster_quantile, scope); the defaults are the literal model's.
 
@@ -226,8 +230,9 @@ def synthesize_offspring(
     """
     rng = _check_rng(rng)
     layers = named_prunable_layers(model_or_layers)
-    encodings = encode(layers, granularity=granularity, protect_output=protect_output,
-                       **encoding_options)
+    if encodings is None:
+        encodings = encode(layers, granularity=granularity, protect_output=protect_output,
+                           **encoding_options)
     if isinstance(env, TargetRetention):
         solution = env.solve(encodings)
         env, expected_fraction = solution.env, solution.expected_fraction
