@@ -57,7 +57,7 @@ def test_literal_preset_keep_rates_are_the_equations(small_model, tmp_path):
     for _, layer in layers:  # a heavy-tailed, partly pruned ancestor
         w = rng.laplace(scale=0.05, size=layer.weight.data.shape).astype(np.float32)
         m = (rng.random(w.shape) < 0.7).astype(np.float32)
-        layer.mask = m
+        layer.set_mask(m)
         layer.weight.data[...] = w * m
     state = ancestor.state_dict()
     lineage.gen0_state = state

@@ -36,7 +36,7 @@ def random_parent(seed: int, keep: float = 0.6):
     model = net()
     for _, layer in prunable_layers(model):
         m = (rng.random(layer.weight.data.shape) < keep).astype(np.float32)
-        layer.mask = m
+        layer.set_mask(m)
         layer.weight.data[...] = rng.normal(size=m.shape).astype(np.float32) * m
     return model
 
