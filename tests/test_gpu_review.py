@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+from test_training import nan_loss_at  # the NaN-loss fixture of the training tests
 
 import data_loaders as dl
 from minievo import backend, init, optim, training
@@ -45,19 +46,6 @@ def count_reads(monkeypatch) -> list:
     monkeypatch.setattr(training.RunningSums, "read", read)
     return reads
 
-
-def nan_loss_at(monkeypatch, call: int):
-    real = F.softmax_cross_entropy
-    calls = [0]
-
-    def loss(logits, labels, **kwargs):
-        calls[0] += 1
-        out = real(logits, labels, **kwargs)
-        if calls[0] == call:
-            out.data = out.data * float("nan")
-        return out
-
-    monkeypatch.setattr(F, "softmax_cross_entropy", loss)
 
 
 def fit(model, loader, epochs=1, **kwargs):

@@ -67,9 +67,8 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(out, rows: list[dict]) -> None:
-    """table.csv (every column), table.json and table.md (the main columns)."""
-    out = Path(out)
+def csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV text; the columns are every key of any row, in order of appearance."""
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -78,7 +77,13 @@ def write_tables(out, rows: list[dict]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    atomic_write_text(out / "table.csv", buf.getvalue())
+    return buf.getvalue()
+
+
+def write_tables(out, rows: list[dict]) -> None:
+    """table.csv (every column), table.json and table.md (the main columns)."""
+    out = Path(out)
+    atomic_write_text(out / "table.csv", csv_text(rows))
     atomic_write_text(out / "table.json", json.dumps(rows, indent=1))
     atomic_write_text(out / "table.md", markdown_table(rows))
 

@@ -499,20 +499,10 @@ def markdown(report: dict) -> str:
 
 
 def _csv(report: dict) -> str:
-    import csv
-    import io
+    from minievo.evolution.report import csv_text
 
-    rows = [dict(setting=s["setting"], label=s["label"], **r) for s in report["settings"]
-            for r in s["per_generation"]]
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    return buf.getvalue()
+    return csv_text([dict(setting=s["setting"], label=s["label"], **r)
+                     for s in report["settings"] for r in s["per_generation"]])
 
 
 def plot(out, report: dict) -> Path:
