@@ -259,3 +259,16 @@ def test_the_api_refuses_what_the_command_line_refuses(tmp_path):
     with pytest.raises(UsageError, match="not empty and holds no minievo sweep"):
         sweep.prepare_folder(tmp_path / "other", sweep.make_spec("paper-mnist", [0]))
     assert (tmp_path / "other" / "file.txt").read_text() == "mine"
+
+
+def test_workers_run_with_the_accelerator_choice_of_the_sweep(client, tmp_path):
+    # A worker is a process of its own: what the starting process chose (the command enables
+    # the accelerator unless --no-accel) must be passed on. Each lineage records what it ran.
+    spec = tiny_spec(seeds=(0,))
+    for accel in (True, False):
+        out = tmp_path / f"accel_{accel}"
+        sweep.run_sweep(spec, out, client=client, log=lambda line: None, poll=0.2, plots=False,
+                        accel=accel, sparse_training="off")
+        config = json.loads((out / "setting_0" / "seed_0" / "config.json").read_text())
+        assert config["numerics"]["accel"] is accel
+        assert config["numerics"]["sparse_training"] == "off"

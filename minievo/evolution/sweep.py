@@ -206,11 +206,26 @@ def prepare_folder(out: Path, spec: dict) -> bool:
 # ----------------------------------------------------------------------------------------------
 # one lineage (runs on a Dask worker)
 # ----------------------------------------------------------------------------------------------
-def run_lineage(config: dict, out: str, data_dir=None, backend: str = "numpy") -> dict:
-    """Run (or resume) one lineage in ``out``; writes ``done.json`` when it has finished."""
+def run_lineage(config: dict, out: str, data_dir=None, backend: str = "numpy",
+                accel: bool = False, sparse_training: str = "auto") -> dict:
+    """Run (or resume) one lineage in ``out``; writes ``done.json`` when it has finished.
+
+    ``accel``: run with :mod:`minievo.accel` (and its ``sparse_training`` mode), as the
+    ``minievo`` command does by default; a worker is a process of its own, so the choice made
+    where the sweep was started has to be passed on, not inherited.
+    """
     for k, v in BLAS_ENV.items():  # for subprocesses (the sparse kernel's threads)
         os.environ.setdefault(k, v)
+    from minievo import layers
     from minievo.evolution.lineage import Lineage
+
+    if accel:
+        import minievo.accel
+
+        minievo.accel.enable()
+        minievo.accel.sparse_train.set_mode(sparse_training)
+    else:
+        layers.use_ops(layers.REFERENCE_OPS)
 
     lineage = Lineage(EvolutionConfig(**config), out, backend=backend, data_dir=data_dir,
                       progress=False, log=lambda line: None)
@@ -268,8 +283,23 @@ def start_client(workers: int = 2, scheduler: str | None = None, timeout: float 
 
 def run_sweep(spec: dict, out, client=None, workers: int = 2, scheduler: str | None = None,
               data_dir=None, backend: str = "numpy", log=print, poll: float = 2.0,
-              plots: bool = True) -> dict:
-    """Run every unfinished lineage of ``spec`` in ``out``; returns the aggregate report."""
+              plots: bool = True, accel: bool | None = None,
+              sparse_training: str | None = None) -> dict:
+    """Run every unfinished lineage of ``spec`` in ``out``; returns the aggregate report.
+
+    ``accel`` / ``sparse_training``: how the workers run each lineage (see
+    :func:`run_lineage`); None takes this process's current setting.
+    """
+    from minievo import layers
+
+    if accel is None:
+        accel = layers.ops.name == "accel"
+    if sparse_training is None:
+        sparse_training = "auto"
+        if accel:
+            from minievo.accel import sparse_train
+
+            sparse_training = sparse_train.get_mode()
     distributed = import_distributed()
     out = Path(out)
     resume = prepare_folder(out, spec)
@@ -295,7 +325,7 @@ def run_sweep(spec: dict, out, client=None, workers: int = 2, scheduler: str | N
             futures = {}
             for entry in todo:
                 fut = client.submit(run_lineage, entry["config"], str(out / entry["dir"]),
-                                    data_dir, backend, pure=False,
+                                    data_dir, backend, accel, sparse_training, pure=False,
                                     key=f"minievo-lineage-{entry['name']}-{time.time_ns()}")
                 futures[fut] = entry
             seen = {e["name"]: len(read_rows(out / e["dir"])) for e in todo}
