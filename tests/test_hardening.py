@@ -707,6 +707,8 @@ def test_misaligned_input_gives_the_aligned_result():
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
     if native.compiler() is None:
+        if REQUIRE_SANITIZERS:
+            pytest.fail("no C compiler, and MINIEVO_REQUIRE_SANITIZERS=1 requires one")
         pytest.skip("no C compiler")
     d = tmp_path / "cache"
     d.mkdir()
