@@ -31,6 +31,8 @@ def emu_cache():
     """Every emulator fixture needs this one: without g++ they all skip (the cupy runner and
     the GPU-only tests do not use them)."""
     if NO_GPP:
+        if os.environ.get("MINIEVO_REQUIRE_SANITIZERS") == "1":  # CI: the emulation must run
+            pytest.fail("g++ is not installed, and MINIEVO_REQUIRE_SANITIZERS=1 requires it")
         pytest.skip("g++ is not installed: the CUDA emulation needs it")
     # The default cache ($MINIEVO_EMU_CACHE or the temp dir): builds are keyed by a hash of the
     # sources and flags, so a rerun skips the ~2 s g++ build of every module.

@@ -404,23 +404,22 @@ def equal_loss(rows: list[dict], points=EQUAL_LOSS_POINTS) -> dict:
     for d in points:
         ok = [r for r in rows[1:] if r["test_accuracy"] >= acc0 - d / 100 - 1e-12]
         best = max(ok, key=lambda r: r["synaptic_efficiency"]) if ok else None
-        res[f"within_{d}"] = None if best is None else {
-            "generation": best["generation"],
-            "synaptic_efficiency": best["synaptic_efficiency"],
-            "cluster_efficiency_kernel": best["cluster_efficiency_kernel"],
-            "test_error": 100 * (1 - best["test_accuracy"]),
-            "loss_points": 100 * (acc0 - best["test_accuracy"])}
+        res[f"within_{d}"] = None if best is None else _operating_point(best, acc0)
         if "val_accuracy" in rows[0]:
             v0 = rows[0]["val_accuracy"]
             okv = [r for r in rows[1:] if r.get("val_accuracy", -1) >= v0 - d / 100 - 1e-12]
             pick = max(okv, key=lambda r: r["generation"]) if okv else None
-            res[f"val_chosen_{d}"] = None if pick is None else {
-                "generation": pick["generation"],
-                "synaptic_efficiency": pick["synaptic_efficiency"],
-                "cluster_efficiency_kernel": pick["cluster_efficiency_kernel"],
-                "test_error": 100 * (1 - pick["test_accuracy"]),
-                "loss_points": 100 * (acc0 - pick["test_accuracy"])}
+            res[f"val_chosen_{d}"] = None if pick is None else _operating_point(pick, acc0)
     return res
+
+
+def _operating_point(row: dict, acc0: float) -> dict:
+    """What the equal-loss tables report of a chosen generation (test figures only reported)."""
+    return {"generation": row["generation"],
+            "synaptic_efficiency": row["synaptic_efficiency"],
+            "cluster_efficiency_kernel": row["cluster_efficiency_kernel"],
+            "test_error": 100 * (1 - row["test_accuracy"]),
+            "loss_points": 100 * (acc0 - row["test_accuracy"])}
 
 
 def aggregate(out, spec: dict) -> dict:

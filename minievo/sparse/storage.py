@@ -73,6 +73,17 @@ def _fail(path, what: str):
     raise CheckpointError(f"{path}: {what}")
 
 
+def _check_pool_or_dropout(path, spec: dict, where: str) -> None:
+    """A max-pool's kernel size and stride are integers >= 1; a dropout's p lies in [0, 1)."""
+    if spec["op"] == "maxpool":
+        _int(path, spec.get("kernel_size"), f"{where} kernel_size", 1)
+        _int(path, spec.get("stride"), f"{where} stride", 1)
+        return
+    p = spec.get("p")
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+        _fail(path, f"{where} dropout p = {p!r} must be a number in [0, 1)")
+
+
 def _int(path, value, what: str, lo: int, hi: int = _BIG) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         _fail(path, f"{what} = {value!r} must be an integer in [{lo}, {hi}]")
@@ -126,13 +137,8 @@ def _check_meta(path, meta: dict) -> None:
                 _fail(path, f"step {i} bias_map must be true or false")
         elif op == "compact_linear":
             _int(path, spec.get("in_features"), f"step {i} in_features", 1, 2**31 - 1)
-        elif op == "maxpool":
-            _int(path, spec.get("kernel_size"), f"step {i} kernel_size", 1)
-            _int(path, spec.get("stride"), f"step {i} stride", 1)
-        elif op == "dropout":
-            p = spec.get("p")
-            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-                _fail(path, f"step {i} dropout p = {p!r} must be a number in [0, 1)")
+        elif op in ("maxpool", "dropout"):
+            _check_pool_or_dropout(path, spec, f"step {i}")
         elif op not in ("relu", "flatten", "gather"):
             _fail(path, f"unknown step {op!r}")
         if op in ("compact_conv", "compact_linear") and spec.get("method") not in _METHODS:
@@ -144,13 +150,8 @@ def _check_meta(path, meta: dict) -> None:
         if op not in _LEAF_OPS:
             _fail(path, f"leaf layer {i} has unknown op {op!r}")
         n_prunable += op in ("conv", "linear")
-        if op == "maxpool":
-            _int(path, spec.get("kernel_size"), f"leaf layer {i} kernel_size", 1)
-            _int(path, spec.get("stride"), f"leaf layer {i} stride", 1)
-        if op == "dropout":
-            p = spec.get("p")
-            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-                _fail(path, f"leaf layer {i} dropout p = {p!r} must be a number in [0, 1)")
+        if op in ("maxpool", "dropout"):
+            _check_pool_or_dropout(path, spec, f"leaf layer {i}")
     if len(meta["leaf_names"]) != len(meta["leaf_specs"]) or not all(
             isinstance(n, str) for n in meta["leaf_names"]):
         _fail(path, "leaf_names must be one string per leaf layer")
