@@ -1,16 +1,20 @@
 """Compare environmental-factor / normalisation settings on one shared trained ancestor.
 
 Each setting runs a short lineage in its own process (one BLAS thread each, ``--jobs`` at a
-time) from the same ancestor checkpoint. Every choice is made on a validation split carved from
-the training set (``--val-fraction``, default 0.1): the script prints, per setting, the
+time) from the same ancestor. Every choice is made on a validation split carved from the
+training set (``--val-fraction``, default 0.1): the script prints, per setting, the
 generation where the lineage first passed 125x and 200x synaptic efficiency and the
 *validation* accuracy there, which is what a setting is chosen by. The test accuracy of the
 last generation is printed last, marked as a report only, with the size of the test set.
 (For seeds x settings with mean and spread, use ``minievo sweep``.)
 
-    python benchmarks/calibrate_environment.py --ancestor runs/anc/checkpoint.npz \
-        --generations 10 --limit-train 20000 --jobs 2 \
-        --setting '{"f_s": 1.0}' --setting '{"normalisation_scope": "network", "f_s": 0.9}'
+The ancestor is trained first, as generation 0 of an evolve run with the same seed, training
+slice and validation split (``OUT/ancestor``), so that no validation image is ever trained
+on. ``--ancestor PATH`` uses a trained network instead: it must not have seen the
+validation images either (a ``minievo train`` checkpoint has: it trains on every image).
+
+    python benchmarks/calibrate_environment.py --generations 10 --limit-train 20000 \
+        --jobs 2 --setting '{"target_retention": 0.5}' --setting '{"target_retention": 0.66}'
 """
 
 from __future__ import annotations
@@ -22,6 +26,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+
+def train_ancestor(args, out: Path) -> str:
+    """Generation 0 of an evolve run on the same slice and split: the validation images are
+    held out of its training, as they are in every lineage that starts from it."""
+    path = out / "ancestor" / "gen_000" / "model.npz"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "minievo.cli", "evolve", "--no-progress",
+               "--generations", "0", "--ancestor-epochs", str(args.ancestor_epochs),
+               "--val-fraction", str(args.val_fraction), "--out", str(out / "ancestor")]
+        if args.limit_train:
+            cmd += ["--limit-train", str(args.limit_train)]
+        print("training the ancestor: " + " ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1",
+                                                 OMP_NUM_THREADS="1"))
+    return str(path)
 
 
 def run_one(setting: dict, args, out: Path) -> subprocess.Popen:
@@ -49,6 +69,11 @@ def summarise(setting: dict, out: Path) -> str:
         hit = next((r for r in rows if r["synaptic_efficiency"] >= target), None)
         parts.append(f">= {target}x: " + (
             f"gen {hit['generation']} val {100 * hit['val_accuracy']:.2f}%" if hit else "never"))
+    for points in (0.3, 1.0):  # the operating point chosen on validation, as in a sweep
+        ok = [r for r in rows[1:] if r["val_accuracy"] >= acc0 - points / 100 - 1e-12]
+        pick = ok[-1] if ok else None
+        parts.append(f"within {points} val: " + (
+            f"gen {pick['generation']} {pick['synaptic_efficiency']:.1f}x" if pick else "none"))
     last = rows[-1]
     parts.append(f"last gen {last['generation']}: {last['synaptic_efficiency']:.0f}x "
                  f"val {100 * last['val_accuracy']:.2f}% (validation: {last['val_images']} "
@@ -69,7 +94,10 @@ def _at_least_one(text: str) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ancestor", required=True, help="a `minievo train` checkpoint.npz")
+    ap.add_argument("--ancestor", default=None,
+                    help="a trained network that has not seen the validation images (default: "
+                         "train one as generation 0 of an evolve run on the same split)")
+    ap.add_argument("--ancestor-epochs", type=_at_least_one, default=8)
     ap.add_argument("--setting", action="append", required=True,
                     help="JSON object of `minievo evolve` options (repeatable)")
     ap.add_argument("--generations", type=int, default=10)
@@ -87,6 +115,8 @@ def main(argv=None) -> int:
     settings = [json.loads(s) for s in args.setting]
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    if args.ancestor is None:
+        args.ancestor = train_ancestor(args, root)
     outs = [root / f"setting_{i}" for i in range(len(settings))]
     pending = list(zip(settings, outs))
     running: list = []

@@ -470,3 +470,128 @@ def test_a_folder_holding_another_run_is_refused(tmp_path, no_plots):
     with pytest.raises(UsageError, match=r"not empty and holds no minievo evolve run"):
         run(tiny_config(), stuff)
     assert [p.name for p in stuff.iterdir()] == ["notes.txt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# the validation pace (evolution.pace, docs/method.md#pace)
+# ----------------------------------------------------------------------------------------------
+def paced_config(**overrides) -> EvolutionConfig:
+    # factor control: the target is met exactly in expectation, so each try's cut can be read
+    # back from its expected retention (low quantiles: at F = 1 nearly everything is kept, so
+    # every cut down to the floor is within reach)
+    values = dict(generations=3, val_fraction=0.25, target_retention=0.6,
+                  retention_control="factor", offspring_epochs=1, synapse_quantile=0.05,
+                  cluster_quantile=0.05)
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def test_a_pace_that_never_rejects_is_the_fixed_pace(tmp_path, no_plots):
+    # margin 0.99: no offspring is rejected and every generation may grow its cut, which is
+    # capped at the first: the same draws, trainings and table as target_retention alone
+    fixed = run(paced_config(), tmp_path / "fixed")
+    paced = run(paced_config(pace_margin=0.99), tmp_path / "paced")
+    pace_keys = ("pace_cut", "pace_tries", "pace_next_cut")
+    assert [{k: v for k, v in r.items() if k not in pace_keys + TIMING} for r in paced] == \
+        [{k: v for k, v in r.items() if k not in TIMING} for r in fixed]
+    for r in paced[1:]:
+        assert r["pace_cut"] == pytest.approx(0.4) and r["pace_tries"] == 1
+        assert r["pace_next_cut"] == pytest.approx(0.4)
+    for g in (1, 2, 3):
+        for k, v in saved_model(tmp_path / "fixed", g).items():
+            np.testing.assert_array_equal(v, saved_model(tmp_path / "paced", g)[k], err_msg=k)
+    assert "pace_margin" not in json.loads((tmp_path / "fixed" / "config.json").read_text())[
+        "config"]
+
+
+def _tries(out, g):
+    tries = sorted((out / f"gen_{g:03d}").glob("try_*"), key=lambda p: int(p.name[4:]))
+    return [json.loads((t / "row.json").read_text()) for t in tries]
+
+
+def test_the_pace_rejects_offspring_below_the_margin_and_halves_the_cut(tmp_path, no_plots):
+    logs = []
+    # a tiny margin: an offspring must match generation 0 on validation; a harsh first cut
+    cfg = paced_config(generations=4, target_retention=0.2, pace_margin=1e-6)
+    out = tmp_path / "paced"
+    rows = run(cfg, out, logs)
+    v0 = rows[0]["val_accuracy"]
+    assert all(r["val_accuracy"] >= v0 - 1e-6 for r in rows[1:])
+    rejected = 0
+    for g in range(1, len(rows) + 1):
+        tries = _tries(out, g)
+        if g == len(rows):  # the generation that ended the lineage, if one did
+            if not tries:
+                break
+            assert all(t["val_accuracy"] < v0 - 1e-6 for t in tries)
+        for a, t in enumerate(tries):
+            start = tries[0]["pace_cut"]
+            assert t["pace_cut"] == pytest.approx(start * 0.5 ** a)
+            assert 1 - t["expected_retention"] == pytest.approx(t["pace_cut"], abs=2e-3)
+            assert t["pace_cut"] >= 0.05 - 1e-12
+        rejected += sum(t["val_accuracy"] < v0 - 1e-6 for t in tries)
+        if g < len(rows):
+            assert rows[g]["pace_tries"] == len(tries)
+            assert rows[g] == {**tries[-1], "pace_tries": len(tries),
+                               "pace_next_cut": rows[g]["pace_next_cut"]}
+            # the next generation starts from the cut this one recorded
+            nxt = _tries(out, g + 1)
+            if nxt:
+                assert nxt[0]["pace_cut"] == pytest.approx(rows[g]["pace_next_cut"])
+    assert rejected >= 1, "the test needs at least one rejection to mean anything"
+    # each try draws afresh (its own random stream): a gentler retry is not simply a superset
+    # of the rejected offspring's synapses
+    g, t0 = next((g, out / f"gen_{g:03d}") for g in range(1, len(rows) + 1)
+                 if (out / f"gen_{g:03d}" / "try_1").exists())
+    m0 = masks_and_weights(ckpt.load(t0 / "try_0" / "model.npz")[0])
+    m1 = masks_and_weights(ckpt.load(t0 / "try_1" / "model.npz")[0])
+    assert any(bool(((m0[n][0] != 0) & (m1[n][0] == 0)).any()) for n in m0)
+    assert any("offspring rejected" in line for line in logs)
+    if len(rows) < cfg.generations + 1:
+        assert any(line.startswith("validation pace: no offspring") for line in logs), logs
+
+
+def test_the_pace_decides_on_validation_never_on_the_test_set(tmp_path, no_plots):
+    # another test set (size) changes every test figure and no decision
+    a = run(paced_config(generations=3, target_retention=0.2, pace_margin=1e-6,
+                         limit_test=100), tmp_path / "a")
+    b = run(paced_config(generations=3, target_retention=0.2, pace_margin=1e-6,
+                         limit_test=40), tmp_path / "b")
+    keys = ("synapses", "val_accuracy", "pace_cut", "pace_tries")
+    assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
+    assert [r["test_images"] for r in b] == [40] * len(b)
+
+
+def test_a_paced_lineage_killed_in_a_try_resumes_to_the_same_table(tmp_path, monkeypatch,
+                                                                    no_plots):
+    cfg = paced_config(generations=2, target_retention=0.2, pace_margin=1e-6)
+    ref = tmp_path / "ref"
+    run(cfg, ref)
+    n_tries = len(_tries(ref, 1)) + len(_tries(ref, 2))
+    assert n_tries >= 3  # so that the kill below lands in a second or later try
+    out = tmp_path / "killed"
+    with monkeypatch.context() as mp:
+        kill_during_fit(mp, 2, 1)  # calls: generation 0, try 0 of gen 1, then the next try
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, out)
+    run(cfg, out)
+    assert table(out) == table(ref)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(pace_margin=0.003, target_retention=0.66), r"needs a validation split"),
+    (dict(pace_margin=0.003, val_fraction=0.1), r"set --target-retention below 1"),
+    (dict(pace_margin=0.003, val_fraction=0.1, target_retention=1.0),
+     r"set --target-retention below 1"),
+    (dict(pace_margin=0.0, val_fraction=0.1, target_retention=0.66),
+     r"pace margin = 0.0 is outside \(0, 1\)"),
+    (dict(pace_margin=1.5, val_fraction=0.1, target_retention=0.66),
+     r"pace margin = 1.5 is outside \(0, 1\)"),
+    (dict(pace_margin=True, val_fraction=0.1, target_retention=0.66),
+     r"--pace-margin True: allowed: a number in \(0, 1\)"),
+    (dict(pace_margin=0.003, val_fraction=0.1, target_retention=0.66,
+          offspring_per_generation=2), r"cannot be combined with --offspring-per-generation"),
+])
+def test_a_bad_pace_is_refused_with_a_clear_message(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        EvolutionConfig(**overrides)

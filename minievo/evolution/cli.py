@@ -52,6 +52,11 @@ def add_commands(sub, add_common) -> None:
                    help="validation split carved from the training set")
     p.add_argument("--stop-margin", type=float,
                    help="stop when validation accuracy falls this much below generation 0")
+    p.add_argument("--pace-margin", type=float,
+                   help="validation pace (docs/method.md#pace): each generation's cut halves "
+                        "after an offspring falls more than this below generation 0 on "
+                        "validation (a fraction: 0.002 = 0.2 points) and grows back while it "
+                        "holds; needs --val-fraction and --target-retention")
     p.add_argument("--ancestor-path",
                    help="start from this trained ancestor (a `minievo train` checkpoint.npz)")
     p.add_argument("--lr", type=float)

@@ -84,6 +84,10 @@ class EvolutionConfig:
     parents: int = 1
     val_fraction: float = 0.0
     stop_margin: float | None = None
+    # a pace that answers to validation (evolution.pace): None keeps target_retention every
+    # generation; a number is the largest drop in validation accuracy (a fraction) that an
+    # accepted offspring may show, and each generation's cut follows ValidationPace
+    pace_margin: float | None = None
     # a trained ancestor to start from (a `minievo train` checkpoint or a lineage model.npz)
     ancestor_path: str | None = None
     # data size (quick runs)
@@ -137,11 +141,30 @@ class EvolutionConfig:
             raise UsageError(f"parents = {self.parents} needs at least as many offspring per "
                              f"generation (offspring_per_generation = "
                              f"{self.offspring_per_generation}) to choose them from")
+        if self.pace_margin is not None:
+            self._validate_pace()
         if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "
                              "validation split: set val_fraction in (0, 1) (never the test set)")
         self._validate_numbers()
+
+    def _validate_pace(self) -> None:
+        from minievo.evolution.pace import ValidationPace  # noqa: PLC0415
+
+        if isinstance(self.pace_margin, bool) or not isinstance(self.pace_margin, int | float):
+            raise UsageError(f"--pace-margin {self.pace_margin!r}: allowed: a number in (0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError("a validation pace (--pace-margin) needs a validation split: set "
+                             "val_fraction in (0, 1) (never the test set)")
+        if self.target_retention is None or self.target_retention >= 1:
+            raise UsageError("a validation pace (--pace-margin) starts from a cut of "
+                             "1 - target_retention: set --target-retention below 1")
+        if self.offspring_per_generation != 1 or self.parents != 1:
+            raise UsageError("a validation pace (--pace-margin) tries one offspring at a time: "
+                             "it cannot be combined with --offspring-per-generation or "
+                             "--parents above 1")
+        ValidationPace(1 - self.target_retention, self.pace_margin)  # checks the margin
 
     def _validate_numbers(self) -> None:
         """The training recipe and data sizes: each refusal names the flag, the value and the
@@ -189,11 +212,14 @@ class EvolutionConfig:
             raise UsageError(f"--dataset: {exc}") from None
         validate.check_model_fits_dataset(self.model, self.dataset)
 
-    def environment(self):
-        if self.target_retention is not None and self.retention_control == "factor":
+    def environment(self, target: float | None = None):
+        """The environment of a generation; ``target`` overrides ``target_retention``
+        (the validation pace sets one per generation)."""
+        target = self.target_retention if target is None else target
+        if target is not None and self.retention_control == "factor":
             # F_c stays as configured (default 1: clusters are dropped only by their own
             # probability); F_s is solved so the expected retention hits the target.
-            return TargetRetention(self.target_retention, f_c=self.f_c)
+            return TargetRetention(target, f_c=self.f_c)
         return EnvironmentalFactor(self.f_c, self.f_s)
 
 
@@ -336,7 +362,12 @@ class Lineage:
             g = len(self.rows)
             if self._should_stop():
                 break
-            ancestor = self._generation(ancestor, g, self._parents(g))
+            if cfg.pace_margin is not None:
+                ancestor = self._paced_generation(ancestor, g)
+                if ancestor is None:
+                    break
+            else:
+                ancestor = self._generation(ancestor, g, self._parents(g))
         from minievo.evolution import report
 
         self.paths = report.render(self.out)  # tables and plots of the finished run
@@ -348,6 +379,8 @@ class Lineage:
         values = asdict(self.config)
         if values["parents"] == 1:
             del values["parents"]
+        if values["pace_margin"] is None:
+            del values["pace_margin"]
         return values
 
     def _parents(self, g: int):
@@ -393,13 +426,7 @@ class Lineage:
             kdir = self._gen_dir(g, k if cfg.offspring_per_generation > 1 else None)
             if (kdir / "model.npz").exists() and (kdir / "row.json").exists():
                 child = self._load_model(kdir / "model.npz")
-                try:
-                    row = json.loads((kdir / "row.json").read_text())
-                    if not isinstance(row.get("test_accuracy"), int | float):
-                        raise KeyError("test_accuracy")
-                except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-                    raise ckpt.CheckpointError(f"{kdir / 'row.json'}: not a readable result "
-                                               f"row ({exc!r})") from None
+                row = self._read_row(kdir / "row.json")
             else:
                 child, info = self._synthesise(ancestor, ancestor_state, g, k, encoder)
                 if parents is not None:
@@ -418,21 +445,77 @@ class Lineage:
         self._record(row)
         return child
 
-    def _synthesise(self, ancestor, ancestor_state, g: int, k: int, encoder=None):
+    def _paced_generation(self, ancestor, g: int):
+        """Generation g under the validation pace (evolution.pace): offspring are tried in
+        ``gen_g/try_a`` with a smaller cut after each rejection until one stays within the
+        margin on validation. Returns it, or None when the pace ends the lineage. Finished
+        tries are read back, so a resumed run takes the same decisions."""
+        from minievo.evolution.pace import ValidationPace
+
+        cfg = self.config
+        pace = ValidationPace(1 - cfg.target_retention, cfg.pace_margin)
+        cut = self.rows[-1].get("pace_next_cut", pace.first_cut)
+        val0 = self.rows[0]["val_accuracy"]
+        state = ancestor.state_dict()
+        for attempt in range(64):  # the cut halves each time: min_cut ends it long before
+            tdir = self._gen_dir(g) / f"try_{attempt}"
+            if (tdir / "model.npz").exists() and (tdir / "row.json").exists():
+                child = self._load_model(tdir / "model.npz")
+                row = self._read_row(tdir / "row.json")
+            else:
+                child, info = self._synthesise(ancestor, state, g, attempt, target=1 - cut)
+                info["pace_cut"] = cut
+                row = self._train_and_record(child, g, cfg.offspring_epochs, tdir, info,
+                                             record=False)
+                ckpt.atomic_write_text(tdir / "row.json", json.dumps(row))
+            drop = val0 - row["val_accuracy"]
+            if pace.accept(drop):
+                row["pace_tries"] = attempt + 1
+                row["pace_next_cut"] = pace.after_acceptance(cut, drop)
+                self._save_model(child, self._gen_dir(g) / "model.npz", g)
+                self._record(row)
+                return child
+            nxt = pace.after_rejection(cut)
+            self.log(f"generation {g}, try {attempt}: validation accuracy "
+                     f"{100 * row['val_accuracy']:.2f}% is {100 * drop:.2f} points below "
+                     f"generation 0 (margin {100 * cfg.pace_margin:.2f}); offspring rejected")
+            if nxt is None:
+                self.log(f"validation pace: no offspring of generation {g} stayed within "
+                         f"the margin down to a cut of {100 * cut:.1f}%; the lineage ends at "
+                         f"generation {g - 1}")
+                return None
+            cut = nxt
+        raise AssertionError("unreachable: the cut falls below min_cut within 64 halvings")
+
+    @staticmethod
+    def _read_row(path: Path) -> dict:
+        try:
+            row = json.loads(path.read_text())
+            if not isinstance(row.get("test_accuracy"), int | float):
+                raise KeyError("test_accuracy")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
+                AttributeError) as exc:
+            raise ckpt.CheckpointError(f"{path}: not a readable result row ({exc!r})") from None
+        return row
+
+    def _synthesise(self, ancestor, ancestor_state, g: int, k: int, encoder=None,
+                    target: float | None = None):
         """Sample offspring k of generation g and give it its starting weights.
 
         ``encoder`` (q -> encodings) replaces the ancestor's own encoding when the offspring
-        has several parents; ``ancestor`` is then their combined genotype (see .mating)."""
+        has several parents; ``ancestor`` is then their combined genotype (see .mating).
+        ``target`` overrides the configured target retention (the validation pace)."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, g, k, 1])
         q = cfg.synapse_quantile
+        target = cfg.target_retention if target is None else target
         options = dict(granularity=cfg.granularity, scope=cfg.normalisation_scope,
                        cluster_quantile=cfg.cluster_quantile)
-        if cfg.target_retention is not None and cfg.retention_control == "quantile":
-            q, _ = QuantileRetention(cfg.target_retention).solve(
-                prunable_layers(ancestor), cfg.environment(), encoder=encoder, **options)
+        if target is not None and cfg.retention_control == "quantile":
+            q, _ = QuantileRetention(target).solve(
+                prunable_layers(ancestor), cfg.environment(target), encoder=encoder, **options)
         masks, stats = synthesize_offspring(
-            ancestor, cfg.environment(), rng, return_stats=True, synapse_quantile=q,
+            ancestor, cfg.environment(target), rng, return_stats=True, synapse_quantile=q,
             encodings=None if encoder is None else encoder(q), **options)
         # load_state_dict keeps the arrays it is given (no copy), and training updates them in
         # place: each offspring gets its own copies, or it would alter the ancestor's state

@@ -30,6 +30,8 @@ TABLE_COLUMNS = [
     ("macs_effective", "MACs/image"),
     ("test_accuracy", "test acc."),
     ("val_accuracy", "val acc."),
+    ("pace_cut", "cut"),
+    ("pace_tries", "tries"),
     ("train_seconds", "train s"),
 ]
 
@@ -37,7 +39,7 @@ TABLE_COLUMNS = [
 def _fmt(key: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if key.endswith("accuracy"):
+    if key.endswith("accuracy") or key == "pace_cut":
         return f"{100 * value:.2f}%"
     if "efficiency" in key:
         return f"{value:.1f}x"
