@@ -422,6 +422,29 @@ def _operating_point(row: dict, acc0: float) -> dict:
             "loss_points": 100 * (acc0 - row["test_accuracy"])}
 
 
+def _lineage_summary(seed: int, rows: list[dict], configured: int, finished: bool,
+                     eq: dict) -> dict:
+    """One lineage in a line: how far it went, how it ended, and (under the validation
+    pace) how many offspring were tried and rejected."""
+    last = rows[-1]
+    out = {"seed": seed, "generations": last["generation"], "finished": finished,
+           "last_synaptic_efficiency": last["synaptic_efficiency"],
+           "last_test_error": 100 * (1 - last["test_accuracy"])}
+    if finished and last["generation"] < configured:
+        out["ended"] = "early (validation pace or stopping rule)"
+    elif finished:
+        out["ended"] = "all generations"
+    else:
+        out["ended"] = "not yet"
+    if any("pace_tries" in r for r in rows):
+        out["tries"] = sum(r.get("pace_tries", 0) for r in rows[1:])
+        out["rejected"] = sum(r.get("pace_tries", 1) - 1 for r in rows[1:])
+    pick = eq.get("val_chosen_0.3")
+    if pick:
+        out["val_chosen_0.3"] = pick
+    return out
+
+
 def aggregate(out, spec: dict) -> dict:
     """Everything the report shows, from the lineage folders alone."""
     out = Path(out)
@@ -465,7 +488,10 @@ def aggregate(out, spec: dict) -> dict:
                 s[m + "_mean"], s[m + "_std"] = _mean_std(vals)
             eq_summary[key] = s
         first = next(iter(per_seed.values()), [{}])[0]
-        settings.append({"setting": i, "label": _label(setting), "options": setting,
+        configured = config_of(spec, i, spec["seeds"][0]).generations
+        per_lineage = [_lineage_summary(seed, rows, configured, seed in finished,
+                                        eq_all[seed]) for seed, rows in per_seed.items()]
+        settings.append({"lineages": per_lineage, "setting": i, "label": _label(setting), "options": setting,
                          "seeds_with_rows": sorted(per_seed),
                          "finished": finished,
                          "test_images": first.get("test_images"),
@@ -523,6 +549,23 @@ def markdown(report: dict) -> str:
                          f"{_pm(e, 'synaptic_efficiency', '.1f')}x | "
                          f"{_pm(e, 'cluster_efficiency_kernel', '.2f')}x | "
                          f"{_pm(e, 'test_error', '.2f')}% | {_pm(e, 'loss_points', '.2f')} |")
+        if s.get("lineages"):
+            paced = any("tries" in r for r in s["lineages"])
+            lines += ["", "Per lineage (`0.3 val` = the operating point chosen on validation "
+                      "within 0.3 points; its test loss is only reported):", "",
+                      "| seed | generations | ended | last synaptic eff. | last test error | "
+                      "0.3 val: gen, eff., test loss |" + (" tries | rejected |" if paced
+                                                          else ""),
+                      "|---:|---:|---|---:|---:|---|" + ("---:|---:|" if paced else "")]
+            for r in s["lineages"]:
+                p = r.get("val_chosen_0.3")
+                chosen = (f"{p['generation']}, {p['synaptic_efficiency']:.1f}x, "
+                          f"{p['loss_points']:.2f}" if p else "-")
+                lines.append(f"| {r['seed']} | {r['generations']} | {r['ended']} | "
+                             f"{r['last_synaptic_efficiency']:.1f}x | "
+                             f"{r['last_test_error']:.2f}% | {chosen} |"
+                             + (f" {r.get('tries', '-')} | {r.get('rejected', '-')} |"
+                                if paced else ""))
         lines.append("")
     return "\n".join(lines)
 
