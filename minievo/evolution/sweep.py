@@ -491,7 +491,8 @@ def aggregate(out, spec: dict) -> dict:
         configured = config_of(spec, i, spec["seeds"][0]).generations
         per_lineage = [_lineage_summary(seed, rows, configured, seed in finished,
                                         eq_all[seed]) for seed, rows in per_seed.items()]
-        settings.append({"lineages": per_lineage, "setting": i, "label": _label(setting), "options": setting,
+        settings.append({"setting": i, "label": _label(setting), "options": setting,
+                         "lineages": per_lineage,
                          "seeds_with_rows": sorted(per_seed),
                          "finished": finished,
                          "test_images": first.get("test_images"),
