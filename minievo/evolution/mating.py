@@ -1,7 +1,8 @@
 """Multi-parent synthesis: an offspring whose genetic encoding combines m >= 2 parents.
 
 After Chung, Shafiee, Fieguth and Wong, "The Mating Rituals of Deep Neural Networks"
-(arXiv:1709.02043; two parents) and the same group's m-parent follow-up. The papers describe
+(arXiv:1709.02043; two parents), and Chung, Shafiee and Wong, "Polyploidism in Deep Neural
+Networks" (J. Computational Vision and Imaging Systems, 2017; 1, 2, 3 or 5 parents). The papers describe
 the idea (the offspring depends on several parents of the previous generation rather than one);
 the exact combination below is this project's reading of it, written out so that it can be
 checked and changed:
