@@ -307,3 +307,16 @@ def test_the_report_summarises_each_lineage_with_its_pace(tmp_path):
     assert "| 0 | 3 | early (validation pace or stopping rule) | 3.0x | 1.50% | 3, 3.0x, 0.50 " \
            "| 4 | 1 |" in md
     assert "| 1 | 1 | not yet | 1.5x | 1.00% | 1, 1.5x, 0.00 | 1 | 0 |" in md
+
+
+def test_an_ancestor_per_seed_is_named_by_a_seed_placeholder(tmp_path):
+    for seed in (3, 4):
+        (tmp_path / f"seed_{seed}.npz").write_bytes(b"")
+    spec = sweep.make_spec("paper-mnist", [3, 4],
+                           {"ancestor_path": str(tmp_path / "seed_{seed}.npz")})
+    assert [sweep.config_of(spec, 0, s).ancestor_path for s in (3, 4)] == \
+        [str(tmp_path / "seed_3.npz"), str(tmp_path / "seed_4.npz")]
+    with pytest.raises(UsageError, match=r"setting 0, seed 5: ancestor_path .*seed_5\.npz is "
+                                         r"not a file"):
+        sweep.make_spec("paper-mnist", [3, 5],
+                        {"ancestor_path": str(tmp_path / "seed_{seed}.npz")})

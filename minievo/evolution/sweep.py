@@ -151,6 +151,11 @@ def make_spec(preset: str = "paper-mnist", seeds=(0,), base: dict | None = None,
     spec = {"preset": preset, "seeds": seeds, "base": base, "settings": out_settings}
     for i, _ in enumerate(out_settings):
         config_of(spec, i, seeds[0])  # every lineage's config must validate now, not later
+        for seed in seeds:
+            path = config_of(spec, i, seed).ancestor_path
+            if path is not None and not Path(path).is_file():
+                raise UsageError(f"setting {i}, seed {seed}: ancestor_path {path} is not a "
+                                 "file")
     return spec
 
 
@@ -159,6 +164,11 @@ def config_of(spec: dict, setting: int, seed: int) -> EvolutionConfig:
     values.update(spec["base"])
     values.update(spec["settings"][setting])
     values["seed"] = seed
+    if isinstance(values.get("ancestor_path"), str):
+        # one trained ancestor per seed, e.g. generation 0 of another sweep's lineages:
+        # ancestor_path=OTHER/setting_0/seed_{seed}/gen_000/model.npz (a lever measured from
+        # the same ancestors)
+        values["ancestor_path"] = values["ancestor_path"].replace("{seed}", str(seed))
     try:
         return EvolutionConfig(**values)
     except UsageError as exc:
