@@ -3,9 +3,9 @@
 After Chung, Shafiee, Fieguth and Wong, "The Mating Rituals of Deep Neural Networks"
 (arXiv:1709.02043; two parents), and Chung, Shafiee and Wong, "Polyploidism in Deep Neural
 Networks" (J. Computational Vision and Imaging Systems, 2017; 1, 2, 3 or 5 parents). The
-papers describe the idea (the offspring depends on several parents of the previous generation rather than one);
-the exact combination below is this project's reading of it, written out so that it can be
-checked and changed:
+papers describe the idea (the offspring depends on several parents of the previous generation
+rather than one); the exact combination below is this project's reading of it, written out so
+that it can be checked and changed:
 
 Parents. Generation g - 1 synthesises a population of K offspring (``offspring_per_generation``);
 the m fittest on the *validation* split are the parents of every offspring of generation g,
