@@ -276,7 +276,8 @@ def test_workers_run_with_the_accelerator_choice_of_the_sweep(client, tmp_path):
 
 def test_the_report_summarises_each_lineage_with_its_pace(tmp_path):
     # two hand-written lineages of a paced setting (10 generations configured): seed 0 ended
-    # by the pace after generation 3 (one rejection in generation 2), seed 1 still running
+    # by the pace after generation 3 (one rejection in generation 2, then two rejected tries
+    # of generation 4 that ended it), seed 1 still running
     spec = sweep.make_spec("paper-mnist", [0, 1], dict(TINY, generations=10, pace_margin=0.003))
     out = tmp_path / "s"
     sweep.prepare_folder(out, spec)
@@ -295,17 +296,22 @@ def test_the_report_summarises_each_lineage_with_its_pace(tmp_path):
         folder = out / "setting_0" / f"seed_{seed}"
         folder.mkdir(parents=True)
         (folder / "lineage.json").write_text(json.dumps({"rows": rows}))
+        tries = [(r["generation"], t) for r in rows[1:] for t in range(r["pace_tries"])]
+        tries += [(4, 0), (4, 1)] if seed == 0 else []
+        for g, t in tries:
+            (folder / f"gen_{g:03d}" / f"try_{t}").mkdir(parents=True)
+            (folder / f"gen_{g:03d}" / f"try_{t}" / "row.json").write_text("{}")
     (out / "setting_0" / "seed_0" / "done.json").write_text("{}")
     report = sweep.write_report(out, spec, plots=False)
     s0, s1 = report["settings"][0]["lineages"]
-    assert (s0["seed"], s0["generations"], s0["tries"], s0["rejected"]) == (0, 3, 4, 1)
+    assert (s0["seed"], s0["generations"], s0["tries"], s0["rejected"]) == (0, 3, 6, 3)
     assert s0["ended"].startswith("early") and s1["ended"] == "not yet"
     assert s0["val_chosen_0.3"]["generation"] == 3
     assert s0["val_chosen_0.3"]["loss_points"] == pytest.approx(0.5)
     assert s0["last_test_error"] == pytest.approx(1.5)
     md = (out / "aggregate.md").read_text()
     assert "| 0 | 3 | early (validation pace or stopping rule) | 3.0x | 1.50% | 3, 3.0x, 0.50 " \
-           "| 4 | 1 |" in md
+           "| 6 | 3 |" in md
     assert "| 1 | 1 | not yet | 1.5x | 1.00% | 1, 1.5x, 0.00 | 1 | 0 |" in md
 
 

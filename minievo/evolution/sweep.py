@@ -433,9 +433,10 @@ def _operating_point(row: dict, acc0: float) -> dict:
 
 
 def _lineage_summary(seed: int, rows: list[dict], configured: int, finished: bool,
-                     eq: dict) -> dict:
+                     eq: dict, folder: Path) -> dict:
     """One lineage in a line: how far it went, how it ended, and (under the validation
-    pace) how many offspring were tried and rejected."""
+    pace) how many offspring were tried and rejected, counted from the tries' folders so that
+    the tries of a generation that ended the lineage count too."""
     last = rows[-1]
     out = {"seed": seed, "generations": last["generation"], "finished": finished,
            "last_synaptic_efficiency": last["synaptic_efficiency"],
@@ -447,8 +448,8 @@ def _lineage_summary(seed: int, rows: list[dict], configured: int, finished: boo
     else:
         out["ended"] = "not yet"
     if any("pace_tries" in r for r in rows):
-        out["tries"] = sum(r.get("pace_tries", 0) for r in rows[1:])
-        out["rejected"] = sum(r.get("pace_tries", 1) - 1 for r in rows[1:])
+        out["tries"] = len(list(folder.glob("gen_*/try_*/row.json")))
+        out["rejected"] = out["tries"] - sum(1 for r in rows[1:] if "pace_tries" in r)
     pick = eq.get("val_chosen_0.3")
     if pick:
         out["val_chosen_0.3"] = pick
@@ -500,7 +501,8 @@ def aggregate(out, spec: dict) -> dict:
         first = next(iter(per_seed.values()), [{}])[0]
         configured = config_of(spec, i, spec["seeds"][0]).generations
         per_lineage = [_lineage_summary(seed, rows, configured, seed in finished,
-                                        eq_all[seed]) for seed, rows in per_seed.items()]
+                                        eq_all[seed], out / f"setting_{i}" / f"seed_{seed}")
+                       for seed, rows in per_seed.items()]
         settings.append({"setting": i, "label": _label(setting), "options": setting,
                          "lineages": per_lineage,
                          "seeds_with_rows": sorted(per_seed),
