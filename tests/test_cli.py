@@ -208,6 +208,16 @@ def test_evolve_bad_input_gives_one_line_errors(tmp_path, capsys):
                                str(tmp_path / "a"))
     assert status == 2
     assert_one_line_error(err, "set val_fraction in (0, 1)")
+
+    status, _, err = call_main(capsys, *EVOLVE, "--pace-margin", "0.003", "--out",
+                               str(tmp_path / "a"))
+    assert status == 2
+    assert_one_line_error(err, "a validation pace (--pace-margin) needs a validation split")
+
+    status, _, err = call_main(capsys, *EVOLVE, "--pace-margin", "2", "--val-fraction", "0.2",
+                               "--out", str(tmp_path / "a"))
+    assert status == 2
+    assert_one_line_error(err, "pace margin = 2.0 is outside (0, 1)")
     assert not (tmp_path / "a").exists()  # nothing written for a refused configuration
 
 
