@@ -107,3 +107,23 @@ def test_the_literal_preset_keeps_about_a_sixth_of_a_trained_lenet5(tmp_path):
         kept[preset] = info["expected_retention"]
     assert kept["literal"] == pytest.approx(0.157, abs=0.005)
     assert kept["paper-mnist"] == pytest.approx(0.66, abs=1e-3)
+
+
+def test_the_paced_preset_is_the_committed_pace_sweep():
+    """`--preset paper-mnist-paced` is exactly the configuration of the lineages in
+    benchmarks/results/sweep-paper-pace (README, "A second lever"): paper-mnist, a validation
+    split, the 0.3-point pace and 30 generations at most."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "sweep-paper-pace"
+    for seed in (0, 1, 2):
+        recorded = json.loads((root / "setting_0" / f"seed_{seed}" / "config.json").read_text())
+        cfg = asdict(EvolutionConfig(**dict(PRESETS["paper-mnist-paced"], seed=seed)))
+        assert cfg.pop("parents") == 1  # single-parent runs leave it out of config.json
+        assert cfg == recorded["config"]
+    paper = dict(PRESETS["paper-mnist"])
+    paced = dict(PRESETS["paper-mnist-paced"])
+    assert {k: v for k, v in paced.items() if paper.get(k) != v} == dict(
+        generations=30, val_fraction=0.1, pace_margin=0.003)

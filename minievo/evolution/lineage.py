@@ -238,6 +238,14 @@ PRESETS: dict[str, dict] = {
                     offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="layer",
                     synapse_quantile=1.0, cluster_quantile=1.0, target_retention=None,
                     retention_control="factor"),
+    # paper-mnist with the validation pace (evolution.pace): 6,000 training images held out
+    # for validation, each generation's cut halved while an offspring falls more than 0.3
+    # points below generation 0 there; up to 30 generations (README, "A second lever").
+    "paper-mnist-paced": dict(model="lenet5", dataset="mnist", generations=30, ancestor_epochs=8,
+                              offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
+                              cluster_quantile=0.5, target_retention=0.66,
+                              retention_control="quantile", val_fraction=0.1,
+                              pace_margin=0.003),
     # A few-minute run of the same pipeline on a slice of MNIST.
     "quick": dict(model="lenet5", dataset="mnist", generations=5, ancestor_epochs=2,
                   offspring_epochs=1, f_c=1.0, f_s=1.0, normalisation_scope="network",
