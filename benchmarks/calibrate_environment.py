@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from minievo.evolution.sweep import equal_loss
+
 
 def train_ancestor(args, out: Path) -> str:
     """Generation 0 of an evolve run on the same slice and split: the validation images are
@@ -69,9 +71,9 @@ def summarise(setting: dict, out: Path) -> str:
         hit = next((r for r in rows if r["synaptic_efficiency"] >= target), None)
         parts.append(f">= {target}x: " + (
             f"gen {hit['generation']} val {100 * hit['val_accuracy']:.2f}%" if hit else "never"))
-    for points in (0.3, 1.0):  # the operating point chosen on validation, as in a sweep
-        ok = [r for r in rows[1:] if r["val_accuracy"] >= acc0 - points / 100 - 1e-12]
-        pick = ok[-1] if ok else None
+    chosen = equal_loss(rows, points=(0.3, 1.0))  # the sweep report's validation choice
+    for points in (0.3, 1.0):
+        pick = chosen[f"val_chosen_{points}"]
         parts.append(f"within {points} val: " + (
             f"gen {pick['generation']} {pick['synaptic_efficiency']:.1f}x" if pick else "none"))
     last = rows[-1]
