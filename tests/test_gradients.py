@@ -14,6 +14,7 @@ import minievo.functions as F
 from minievo.accel import conv as accel_conv
 from minievo.accel import pool as accel_pool
 from minievo.autograd import Tensor
+from minievo.backend import get_array_module
 from minievo.testing import gradient_check
 
 
@@ -34,6 +35,14 @@ def _distinct(*shape, seed=0):
     """Values with gaps of 0.05 (no ties within eps), in random order."""
     n = int(np.prod(shape))
     return (np.random.default_rng(seed).permutation(n) * 0.05 - 1.0).reshape(shape)
+
+
+def _batch_norm(bn, training):
+    """bn with fixed running statistics on x's backend (arrays, not inputs: not checked)."""
+    def fn(x, gamma, beta):
+        xp = get_array_module(x.data)
+        return bn(x, gamma, beta, xp.asarray([0.2, -0.1]), xp.asarray([0.5, 2.0]), training)
+    return fn
 
 
 def _dropout(x):
@@ -103,6 +112,14 @@ CASES = {
                               [_distinct(2, 2, 7, 5)]),
     "accel_conv2d_stride2_pad1": (lambda x, w, b: accel_conv.conv2d(x, w, b, stride=2, padding=1),
                                   [_r(2, 2, 5, 6), _r(3, 2, 3, 3, seed=1), _r(3, seed=2)]),
+    "avg_pool2d_k3s2p1": (lambda x: F.avg_pool2d(x, 3, 2, 1), [_r(2, 2, 7, 6)]),
+    "global_avg_pool2d": (F.global_avg_pool2d, [_r(2, 3, 4, 5)]),
+    "batch_norm2d_train": (_batch_norm(F.batch_norm2d, True),
+                           [_r(3, 2, 2, 3), _r(2, seed=1), _r(2, seed=2)]),
+    "batch_norm2d_eval": (_batch_norm(F.batch_norm2d, False),
+                          [_r(3, 2, 2, 3), _r(2, seed=1), _r(2, seed=2)]),
+    "batch_norm2d_reference_train": (_batch_norm(F.batch_norm2d_reference, True),
+                                     [_r(3, 2, 2, 3), _r(2, seed=1), _r(2, seed=2)]),
     "dropout": (_dropout, [_r(4, 5)]),
     "log_softmax": (F.log_softmax, [_r(3, 5)]),
     "log_softmax_axis0": (lambda x: F.log_softmax(x, axis=0), [_r(3, 5)]),
