@@ -7,6 +7,8 @@
     for xb, yb in loader:                            # float32 (64, 1, 28, 28), int64 (64,)
         ...
 
+``DataLoader(..., augment=Augment())`` adds seeded random crops and flips (CIFAR-style).
+
 Real data sets are cached under ``$MINIEVO_DATA`` (default ``~/.cache/minievo``);
 ``python -m data_loaders fetch mnist`` fills the cache ahead of time.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augment import Augment, random_crop, random_hflip
 from .cifar import CIFAR10_CLASSES, fetch_cifar10, load_cifar10
 from .errors import DataError
 from .fashion_mnist import FASHION_MNIST_CLASSES, fetch_fashion_mnist, load_fashion_mnist
@@ -27,10 +30,11 @@ from .mnist import fetch_mnist, load_mnist
 from .synthetic import make_blobs, make_digits_like, make_spirals
 
 __all__ = [
-    "DATASETS", "DataError", "DataLoader", "DatasetInfo", "cache_root", "fetch_cifar10",
-    "fetch_dataset", "fetch_fashion_mnist", "fetch_mnist", "load_cifar10", "load_dataset",
-    "load_fashion_mnist", "load_mnist", "make_blobs", "make_digits_like", "make_spirals",
-    "read_idx", "read_idx_bytes", "split_train_val", "write_idx",
+    "DATASETS", "Augment", "DataError", "DataLoader", "DatasetInfo", "cache_root",
+    "fetch_cifar10", "fetch_dataset", "fetch_fashion_mnist", "fetch_mnist", "load_cifar10",
+    "load_dataset", "load_fashion_mnist", "load_mnist", "make_blobs", "make_digits_like",
+    "make_spirals", "random_crop", "random_hflip", "read_idx", "read_idx_bytes",
+    "split_train_val", "write_idx",
 ]
 
 

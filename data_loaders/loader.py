@@ -9,6 +9,12 @@ Shuffling is reproducible and resumable: the order of epoch ``e`` is a function 
 a plain ``for epoch ...: for xb, yb in loader:`` sees a new order every epoch; to resume a
 run at epoch ``e`` call ``loader.set_epoch(e)`` (and ``loader.batches(e, start=k)`` to
 resume in the middle of one).
+
+Augmentation (``augment=Augment()``, random crop and flip) follows the same rule: the draws
+of epoch ``e`` are a function of ``(seed, e)`` only, one set per position in the epoch's
+order, so a resumed run, at an epoch boundary or mid-epoch, gets the very batches of an
+uninterrupted one, and the batch size does not change them. It is applied after
+normalisation (the padded border is 0 in normalised units; see data_loaders.augment).
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ from collections.abc import Iterator
 import numpy as np
 
 from minievo import backend as B
+
+from .augment import Augment
+
+#: The augmentation draws of an epoch come from a child of the shuffle's seed sequence
+#: ``[seed, epoch]`` (spawn key, ASCII "aug"): a stream of its own, so turning augmentation
+#: on leaves the order unchanged. (Not the entropy ``[seed, epoch, k]``: NumPy pads the
+#: entropy with zeros, so ``[seed, epoch, 0]`` would be the shuffle's stream itself.)
+_AUGMENT_STREAM = 0x617567
 
 
 def _as_numpy_or_backend(a):
@@ -42,11 +56,13 @@ class DataLoader:
         dtype: the float dtype of x batches.
         backend: 'numpy' or 'cupy' (None: the current default backend); the data is moved
             there once, and batches are built there.
+        augment: None, or an :class:`~data_loaders.augment.Augment` applied to every batch
+            after normalisation, seeded by ``(seed, epoch)``; needs image samples (C, H, W).
     """
 
     def __init__(self, x, y, batch_size: int = 64, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, normalize=None, dtype=np.float32,
-                 backend: str | None = None):
+                 backend: str | None = None, augment: Augment | None = None):
         x, y = _as_numpy_or_backend(x), _as_numpy_or_backend(y)
         if y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has shape {y.shape}; expected "
@@ -65,6 +81,11 @@ class DataLoader:
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
         self.normalize = normalize
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment must be None or an Augment, got {type(augment).__name__}")
+        if augment is not None:
+            augment.check_shape(tuple(x.shape[1:]))
+        self.augment = augment
         self.epoch = 0
         self._scale, self._shift = self._affine(x, normalize)
         self._x_host, self._y_host = x, y
@@ -154,14 +175,25 @@ class DataLoader:
         rng = np.random.default_rng([self.seed, int(epoch)])
         return rng.permutation(self.num_samples).astype(np.int64)
 
+    def augment_draws(self, epoch: int) -> np.ndarray | None:
+        """The augmentation draws of ``epoch``: int64 (3, num_samples) on the host, column
+        ``k`` for the k-th sample of the epoch's order (see ``Augment.draw``); a function of
+        ``(seed, epoch)`` only. None without augmentation."""
+        if self.augment is None:
+            return None
+        seq = np.random.SeedSequence([self.seed, int(epoch)], spawn_key=(_AUGMENT_STREAM,))
+        return self.augment.draw(self.num_samples, np.random.default_rng(seq))
+
     # -- batches ------------------------------------------------------------------------
 
-    def _make(self, sel):
+    def _make(self, sel, draws=None):
         xb = self._x[sel].astype(self.dtype)  # a fresh array: the gather, then one cast
         if self._a is not None:
             xb *= self._a
         if self._b is not None:
             xb += self._b
+        if draws is not None:
+            xb = self.augment.apply(xb, draws)
         return xb, self._y[sel]
 
     def batches(self, epoch: int | None = None, start: int = 0) -> Iterator[tuple]:
@@ -172,12 +204,15 @@ class DataLoader:
         epoch = self.epoch if epoch is None else int(epoch)
         n, bs = self.num_samples, self.batch_size
         stop = len(self) * bs if self.drop_last else n
-        order = None
+        order = draws = None
         if self.shuffle:
             order = self._xp.asarray(self.permutation(epoch))
+        if self.augment is not None:  # one transfer per epoch, like the order
+            draws = self._xp.asarray(self.augment_draws(epoch))
         for lo in range(int(start) * bs, stop, bs):
             hi = min(lo + bs, n)
-            yield self._make(slice(lo, hi) if order is None else order[lo:hi])
+            yield self._make(slice(lo, hi) if order is None else order[lo:hi],
+                             None if draws is None else draws[:, lo:hi])
 
     def __iter__(self) -> Iterator[tuple]:
         epoch = self.epoch
@@ -188,7 +223,7 @@ class DataLoader:
         return (f"DataLoader({self.num_samples} samples of {self.sample_shape}, "
                 f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed}, "
                 f"drop_last={self.drop_last}, normalize={self.normalize}, "
-                f"backend={self.backend!r}, epoch={self.epoch})")
+                f"augment={self.augment}, backend={self.backend!r}, epoch={self.epoch})")
 
 
 def split_train_val(x, y, val_fraction: float = 0.1, seed: int = 0
