@@ -196,7 +196,8 @@ def _add_common(p):
                         "compiled sparse training); slower, same results to float tolerance")
     p.add_argument("--strict-numerics", action="store_true",
                    help="refuse to resume a run started under other numerics settings "
-                        "(sparse training, native kernel, BLAS threads) instead of warning")
+                        "(sparse training, native kernel, BLAS threads and kernels) instead of "
+                        "warning")
     p.add_argument("--sparse-training", choices=("auto", "on", "off"),
                    default=os.environ.get("MINIEVO_SPARSE_TRAINING", "auto"),
                    help="with the accelerator: train sparse masked layers through the compiled "

@@ -22,8 +22,10 @@ TRAIN_DEFAULTS = {
 
 
 def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_train=None,
-                 limit_test=None, val_fraction: float = 0.0, backend_name: str = "numpy"):
-    """Train (and optional validation) and test loaders for a named dataset."""
+                 limit_test=None, val_fraction: float = 0.0, backend_name: str = "numpy",
+                 augment: bool = False):
+    """Train (and optional validation) and test loaders for a named dataset; ``augment``
+    crops and flips the training batches only (data_loaders.Augment, seeded by ``seed``)."""
     import data_loaders as dl
 
     for flag, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
@@ -47,7 +49,8 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
         val = dl.DataLoader(x_val, y_val, batch_size=1000, shuffle=False, normalize=norm,
                             backend=backend_name)
     train = dl.DataLoader(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
-                          normalize=norm, backend=backend_name)
+                          normalize=norm, backend=backend_name,
+                          augment=dl.Augment() if augment else None)
     test = dl.DataLoader(x_test, y_test, batch_size=1000, shuffle=False, normalize=norm,
                          backend=backend_name)
     return train, val, test
@@ -77,13 +80,72 @@ _TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 START_FILES = ("config.json", "generation0_init.npz")
 
 
+#: The BLAS kernels NumPy multiplies with: a resume under another library, version or kernel
+#: architecture (OpenBLAS picks its kernels by CPU) warns like the other numerics settings.
+KERNEL_KEYS = ("blas_library", "blas_version", "blas_architecture")
+#: Recorded for the reader, never compared: the threads OpenBLAS actually runs (follows the
+#: core count unless ``blas_threads`` sets it) and the CPU model (with the same kernels, another
+#: CPU computes the same numbers).
+RECORD_ONLY = ("blas_num_threads", "cpu")
+UNKNOWN = "unknown"
+
+
+def blas_kernels() -> dict:
+    """The BLAS library NumPy multiplies with, as threadpoolctl reports it.
+
+    Returns:
+        dict: ``blas_library`` (threadpoolctl's internal_api, e.g. ``"openblas"``),
+        ``blas_version``, ``blas_architecture`` (the kernels OpenBLAS chose for this CPU, e.g.
+        ``"Haswell"``, ``"SkylakeX"``; ``$OPENBLAS_CORETYPE`` forces them) and
+        ``blas_num_threads``; each ``"unknown"`` when threadpoolctl is missing, fails or finds
+        no BLAS (MKL reports no architecture). Never raises.
+    """
+    info = dict.fromkeys((*KERNEL_KEYS, "blas_num_threads"), UNKNOWN)
+    try:
+        # threadpoolctl lists only the libraries already loaded: NumPy's first
+        import numpy  # noqa: F401, PLC0415
+        from threadpoolctl import threadpool_info  # noqa: PLC0415
+
+        libs = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    except Exception:  # a missing or broken threadpoolctl must not stop a run
+        return info
+    if not libs:
+        return info
+    # NumPy's own library first (SciPy may load a second one, in scipy.libs)
+    lib = next((lib for lib in libs if "numpy" in str(lib.get("filepath", "")).lower()),
+               libs[0])
+    for key, name in (("blas_library", "internal_api"), ("blas_version", "version"),
+                      ("blas_architecture", "architecture"), ("blas_num_threads", "num_threads")):
+        if lib.get(name) not in (None, ""):
+            info[key] = lib[name]
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's first ``model name`` where there is one (Linux on
+    x86), else :func:`platform.processor`, else the machine type, else ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    import platform  # noqa: PLC0415
+
+    return platform.processor() or platform.machine() or UNKNOWN
+
+
 def numerics_settings() -> dict:
     """The settings that change a run's numbers without being part of its configuration:
     whether the accelerator runs (minievo.accel.enabled(); read here from the layers' op
     table, so that recording it imports nothing), its sparse training mode, whether the native
-    kernel may be used, the BLAS threads (a different summation order). Recorded in the run's
-    config.json; a resume under other ones warns (``--strict-numerics`` /
-    ``MINIEVO_STRICT_NUMERICS=1``: refuses)."""
+    kernel may be used, the BLAS threads (a different summation order), and the BLAS kernels
+    (:func:`blas_kernels`: library, version, architecture). Recorded in the run's config.json
+    with, for the reader only, the BLAS threads running and the CPU model (:data:`RECORD_ONLY`);
+    a resume under other settings warns (``--strict-numerics`` /
+    ``MINIEVO_STRICT_NUMERICS=1``: refuses). Cheap (a few milliseconds) and never raises."""
     from minievo import layers  # noqa: PLC0415
     from minievo.kernels import native  # noqa: PLC0415
 
@@ -96,7 +158,7 @@ def numerics_settings() -> dict:
     blas = next((os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                          "MKL_NUM_THREADS") if os.environ.get(k)), "default")
     return {"accel": accel, "sparse_training": mode, "native": native.enabled(),
-            "blas_threads": blas}
+            "blas_threads": blas, **blas_kernels(), "cpu": cpu_model()}
 
 
 def run_record(kind: str, config: dict) -> dict:
@@ -104,13 +166,32 @@ def run_record(kind: str, config: dict) -> dict:
     return {"kind": kind, "config": config, "numerics": numerics_settings()}
 
 
+def _numerics_differences(recorded: dict, now: dict) -> list[str]:
+    """``"key old -> new"`` for each compared setting that differs. A kernel key that the
+    record lacks (a run started before the kernels were recorded) or that is ``"unknown"`` on
+    either side cannot be compared and is passed over silently, as a record without any
+    settings is; the :data:`RECORD_ONLY` keys are never compared."""
+    diff = []
+    for key, value in now.items():
+        if key in RECORD_ONLY:
+            continue
+        old = recorded.get(key)
+        if key in KERNEL_KEYS and (key not in recorded or UNKNOWN in (old, value)):
+            continue
+        if old != value:
+            diff.append(f"{key} {old!r} -> {value!r}")
+    return diff
+
+
 def _check_numerics(cfg_path: Path, recorded) -> None:
     if not isinstance(recorded, dict):
         return  # a run started before the settings were recorded
     now = numerics_settings()
-    diff = [f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in now if recorded.get(k) != now[k]]
+    diff = _numerics_differences(recorded, now)
     if not diff:
         return
+    if recorded.get("cpu", now["cpu"]) != now["cpu"]:
+        diff.append(f"on CPU {recorded['cpu']!r} -> {now['cpu']!r}")
     what = (f"{cfg_path.parent} was started with other numerics settings ({', '.join(diff)}); "
             "the resumed run will not repeat an uninterrupted one exactly")
     if os.environ.get("MINIEVO_STRICT_NUMERICS", "0") not in ("", "0"):
