@@ -37,6 +37,18 @@ def no_grad():
         _grad_enabled = old
 
 
+@contextlib.contextmanager
+def enable_grad():
+    """Inside this block, operations record the graph again (even within no_grad)."""
+    global _grad_enabled
+    old = _grad_enabled
+    _grad_enabled = True
+    try:
+        yield
+    finally:
+        _grad_enabled = old
+
+
 def is_grad_enabled() -> bool:
     return _grad_enabled
 

@@ -45,3 +45,7 @@ def kaiming_uniform(shape, fan_in: int, rng: np.random.Generator | None = None):
 
 def zeros(shape):
     return backend.xp_for().zeros(shape, dtype=backend.DEFAULT_DTYPE)
+
+
+def ones(shape):
+    return backend.xp_for().ones(shape, dtype=backend.DEFAULT_DTYPE)

@@ -10,10 +10,20 @@ The layers call their op through one table, :data:`ops` (the reference ops of
 :mod:`minievo.functions` unless :func:`use_ops` installed others). :mod:`minievo.accel` is the
 only other table: ``minievo.accel.enable()`` swaps it in, like choosing MiniTorch's
 TensorBackend. Nothing here decides between implementations on its own.
+
+**The layer protocol.** Besides its forward, every layer type says here, in its own class,
+what the rest of minievo needs to know about it (docs/extending.md): its per-sample output
+shape (:meth:`Module.output_shape`), how liveness flows through it
+(:meth:`Module.live_outputs`, :meth:`Module.needed_inputs`), its multiply-accumulates
+(:meth:`Module.macs`) and, for a prunable weight, its clusters (``granularities``). One walk
+over the model (:mod:`minievo.graph`) reads these answers; metrics, compaction, storage and the
+report read that walk. The defaults fit a layer without parameters that acts on each channel
+on its own (ReLU, Dropout at inference).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +33,7 @@ import numpy as np
 from minievo import backend, init
 from minievo import functions as F
 from minievo.autograd import Parameter, Tensor
+from minievo.functions.conv import conv_output_size
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,27 @@ def _check_values(name: str, v) -> None:
         raise ValueError(f"state dict entry {name!r} is a mask and must hold only 0 and 1")
 
 
+#: Every layer type by class name (filled as classes are defined), so that a stored model
+#: names its layer types and loading finds them without importing anything by name.
+LAYER_TYPES: dict[str, type] = {}
+
+#: While :func:`trace_calls` runs: the list that records each layer call.
+_trace: list | None = None
+
+
 class Module:
     """Base class. Subclasses set Parameters / Modules as attributes and define forward."""
 
+    #: Whether the layer has a prunable weight (a mask, clusters, synapses).
     prunable = False
+    #: Whether output unit c depends on input unit c alone (units: the channels of a (C, H, W)
+    #: activation, the features of an (F,) one): liveness and need then pass straight through,
+    #: and compaction runs the layer on the live channels only (:meth:`select_channels`).
+    channelwise = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LAYER_TYPES[cls.__name__] = cls
 
     def __init__(self):
         self.training = True
@@ -82,7 +110,48 @@ class Module:
         raise NotImplementedError
 
     def __call__(self, *args):
-        return self.forward(*args)
+        out = self.forward(*args)
+        if _trace is not None and not any(True for _ in self.named_children()):
+            _trace.append((self, args, out))  # a leaf layer's call, for minievo.graph
+        return out
+
+    # ----- the layer protocol (see the module docstring and docs/extending.md) -------------
+    def output_shape(self, shape: tuple) -> tuple:
+        """Per-sample output shape for a per-sample input ``shape``; ValueError if it does not
+        fit. Default: unchanged."""
+        return tuple(shape)
+
+    def live_outputs(self, live: np.ndarray, shape: tuple) -> np.ndarray:
+        """Which output units depend on the input, given which input units do.
+
+        Args:
+            live: (units,) bool over the input's units (``shape[0]``).
+            shape: the per-sample input shape.
+
+        Returns:
+            (units,) bool over the output's units. Default: unchanged (channelwise layers).
+        """
+        return live
+
+    def needed_inputs(self, need: np.ndarray, shape: tuple) -> np.ndarray:
+        """Which input units some needed output unit reads (the backward sweep of compaction).
+        Default: the same units (channelwise layers). ``shape``: per-sample input shape."""
+        return need
+
+    def macs(self, shape: tuple) -> int:
+        """Multiply-accumulates per image for per-sample input ``shape`` (synapses only: pooling,
+        normalisation and additions are not counted). Default: 0."""
+        return 0
+
+    def select_channels(self, index) -> Module:
+        """This layer restricted to the input (= output) units ``index`` of a channelwise layer:
+        what a compact model runs. Default: the layer itself (no per-channel parameters)."""
+        return self
+
+    def layer_config(self) -> dict:
+        """The constructor arguments that rebuild this layer (with its state dict); what a
+        stored compact model records. Default: none."""
+        return {}
 
     # ----- traversal -------------------------------------------------------------------------
     def named_children(self):
@@ -188,7 +257,31 @@ class _Prunable(Module):
     """Shared mask handling of Linear and Conv2d."""
 
     prunable = True
+    channelwise = False
+    #: The cluster granularities of the weight (docs/method.md#clusters); the first is used
+    #: unless the lineage asks for another one that the layer has.
+    granularities: tuple[str, ...] = ()
     weight: Parameter
+
+    def effective_mask(self, live: np.ndarray) -> np.ndarray:
+        """The mask (NumPy bool) without the synapses that read a constant input unit."""
+        mask = backend.to_numpy(self.mask) != 0
+        return mask & live.reshape((1, -1) + (1,) * (mask.ndim - 2))
+
+    def live_outputs(self, live, shape):
+        m = self.effective_mask(live)
+        return m.reshape(m.shape[0], -1).any(axis=1)
+
+    def needed_inputs(self, need, shape):
+        m = backend.to_numpy(self.mask) != 0
+        return m[need].reshape(int(need.sum()), m.shape[1], -1).any(axis=(0, 2))
+
+    def positions(self, shape: tuple) -> int:
+        """How many times per image each synapse is used (output pixels; 1 for Linear)."""
+        return int(np.prod(self.output_shape(shape)[1:], dtype=np.int64))
+
+    def macs(self, shape):
+        return int((backend.to_numpy(self.mask) != 0).sum()) * self.positions(shape)
 
     def _init_mask(self):
         xp = backend.get_array_module(self.weight.data)
@@ -238,8 +331,21 @@ class Linear(_Prunable):
             raise ValueError(
                 f"Linear({self.in_features}, {self.out_features}) expects input of shape "
                 f"(N, {self.in_features}), got {x.shape}"
+                + (" (missing Flatten?)" if x.ndim == 4 else "")
             )
         return ops.linear(x, self.weight, self.bias)
+
+    granularities = ("neuron",)
+
+    def output_shape(self, shape):
+        if len(shape) != 1 or shape[0] != self.in_features:
+            raise ValueError(f"{self!r} needs ({self.in_features},) input, got {tuple(shape)}"
+                             + (" (missing Flatten?)" if len(shape) == 3 else ""))
+        return (self.out_features,)
+
+    def layer_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None}
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -268,6 +374,21 @@ class Conv2d(_Prunable):
             )
         return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
+    granularities = ("kernel", "filter")
+
+    def output_shape(self, shape):
+        if len(shape) != 3 or shape[0] != self.in_channels:
+            raise ValueError(f"{self!r} needs ({self.in_channels}, H, W) input, got "
+                             f"{tuple(shape)}")
+        k = self.kernel_size
+        return (self.out_channels, conv_output_size(shape[1], k, self.stride, self.padding),
+                conv_output_size(shape[2], k, self.stride, self.padding))
+
+    def layer_config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding, "bias": self.bias is not None}
+
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding})")
@@ -280,6 +401,16 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         return ops.max_pool2d(x, self.kernel_size, self.stride)
+
+    def output_shape(self, shape):
+        if len(shape) != 3:
+            raise ValueError(f"{self!r} needs (C, H, W) input, got {tuple(shape)}")
+        k, s = self.kernel_size, self.stride or self.kernel_size
+        return (shape[0], conv_output_size(shape[1], k, s, 0),
+                conv_output_size(shape[2], k, s, 0))
+
+    def layer_config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride}
 
     def __repr__(self):
         return f"MaxPool2d({self.kernel_size}, stride={self.stride or self.kernel_size})"
@@ -294,8 +425,20 @@ class ReLU(Module):
 
 
 class Flatten(Module):
+    channelwise = False
+
     def forward(self, x):
         return F.flatten(x, 1)
+
+    def output_shape(self, shape):
+        return (int(np.prod(shape, dtype=np.int64)),)
+
+    def live_outputs(self, live, shape):
+        # channel c becomes the flattened features c*H*W ... (c+1)*H*W - 1
+        return np.repeat(live, int(np.prod(shape[1:], dtype=np.int64)))
+
+    def needed_inputs(self, need, shape):
+        return need.reshape(shape[0], -1).any(axis=1)
 
     def __repr__(self):
         return "Flatten()"
@@ -319,8 +462,164 @@ class Dropout(Module):
             rng = self._device_rng  # masks drawn on the device, never copied from the host
         return F.dropout(x, self.p, self.training, rng)
 
+    def layer_config(self):
+        return {"p": self.p}
+
     def __repr__(self):
         return f"Dropout(p={self.p})"
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation of each channel of (N, C, H, W) (Ioffe and Szegedy 2015).
+
+    Training: y = gamma * (x - mean) / sqrt(var + eps) + beta with the batch's mean and (biased)
+    variance per channel, and the running statistics move towards them by ``momentum``.
+    Evaluation: the running statistics instead, so the layer is a fixed affine map per channel
+    (which is why compaction can fold it into the convolution before it). ``weight`` is gamma,
+    ``bias`` beta; ``running_mean`` and ``running_var`` are state, not parameters.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        if isinstance(num_features, bool) or int(num_features) != num_features or \
+                num_features < 1:
+            raise ValueError(f"BatchNorm2d needs num_features >= 1, got {num_features!r}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm2d momentum must lie in [0, 1], got {momentum}")
+        if not eps > 0:
+            raise ValueError(f"BatchNorm2d eps must be > 0, got {eps}")
+        self.num_features, self.momentum, self.eps = int(num_features), momentum, eps
+        self.weight = Parameter(init.ones((self.num_features,)))
+        self.bias = Parameter(init.zeros((self.num_features,)))
+        self.running_mean = init.zeros((self.num_features,))
+        self.running_var = init.ones((self.num_features,))
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r} expects input of shape (N, {self.num_features}, H, W), "
+                             f"got {x.shape}")
+        return F.batch_norm2d(x, self.weight, self.bias, self.running_mean, self.running_var,
+                              self.training, self.momentum, self.eps)
+
+    def output_shape(self, shape):
+        if len(shape) != 3 or shape[0] != self.num_features:
+            raise ValueError(f"{self!r} needs ({self.num_features}, H, W) input, got "
+                             f"{tuple(shape)}")
+        return tuple(shape)
+
+    def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluation-mode map as NumPy float64 (scale, shift): y = scale * x + shift."""
+        gamma, beta = (backend.to_numpy(p.data).astype(np.float64)
+                       for p in (self.weight, self.bias))
+        mean, var = (backend.to_numpy(a).astype(np.float64)
+                     for a in (self.running_mean, self.running_var))
+        scale = gamma / np.sqrt(var + self.eps)
+        return scale, beta - scale * mean
+
+    def select_channels(self, index):
+        index = np.asarray(index, dtype=np.int64)
+        out = BatchNorm2d(len(index), self.momentum, self.eps)
+        out.load_state_dict({k: v[index] for k, v in self.state_dict().items()})
+        out.train(self.training)
+        return out.to(backend.backend_of(self.weight.data))
+
+    def layer_config(self):
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+    def _own_state(self) -> dict:
+        state = super()._own_state()
+        state["running_mean"], state["running_var"] = self.running_mean, self.running_var
+        return state
+
+    def _load_own(self, state: dict) -> None:
+        stats = {k: state.pop(k) for k in ("running_mean", "running_var") if k in state}
+        super()._load_own(state)
+        for key, value in stats.items():
+            setattr(self, key, _like(value, self.weight.data).copy())
+        if bool((backend.to_numpy(self.running_var) < 0).any()):
+            raise ValueError("state dict entry 'running_var' holds negative variances")
+
+    def _to(self, name: str) -> None:
+        super()._to(name)
+        self.running_mean = backend.to_backend(self.running_mean, name)
+        self.running_var = backend.to_backend(self.running_var, name)
+
+    def __repr__(self):
+        return f"BatchNorm2d({self.num_features})"
+
+
+class AvgPool2d(Module):
+    """Average over k x k windows (zero padding counts in the average, divisor k*k)."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = int(kernel_size), stride, int(padding)
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def output_shape(self, shape):
+        if len(shape) != 3:
+            raise ValueError(f"{self!r} needs (C, H, W) input, got {tuple(shape)}")
+        k, s = self.kernel_size, self.stride or self.kernel_size
+        return (shape[0], conv_output_size(shape[1], k, s, self.padding),
+                conv_output_size(shape[2], k, s, self.padding))
+
+    def layer_config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+    def __repr__(self):
+        return (f"AvgPool2d({self.kernel_size}, stride={self.stride or self.kernel_size}, "
+                f"padding={self.padding})")
+
+
+class GlobalAvgPool2d(Module):
+    """The mean of each channel over all pixels: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x):
+        return F.global_avg_pool2d(x)
+
+    def output_shape(self, shape):
+        if len(shape) != 3:
+            raise ValueError(f"GlobalAvgPool2d needs (C, H, W) input, got {tuple(shape)}")
+        return (shape[0],)
+
+    def __repr__(self):
+        return "GlobalAvgPool2d()"
+
+
+class Add(Module):
+    """The sum of two activations of one shape: a residual connection's merge.
+
+    A user's forward may simply write ``a + b``; :mod:`minievo.graph` sees that addition as this
+    layer. An output unit depends on the input when it does in either branch, so a channel fed
+    by an addition is dead only when it is dead in every branch (the channels of the branches
+    are tied).
+    """
+
+    arity = 2
+
+    def forward(self, a, b):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"Add needs two inputs of one shape, got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)}")
+        return a + b
+
+    def output_shape(self, *shapes):
+        if len(shapes) != 2 or tuple(shapes[0]) != tuple(shapes[1]):
+            raise ValueError(f"Add needs two inputs of one shape, got {list(shapes)}")
+        return tuple(shapes[0])
+
+    # A layer of several inputs gets lists: one live array and one shape per input.
+    def live_outputs(self, live, shape):
+        return np.logical_or.reduce(live)
+
+    def needed_inputs(self, need, shape):
+        return [need for _ in shape]
+
+    def __repr__(self):
+        return "Add()"
 
 
 class Sequential(Module):
@@ -360,3 +659,17 @@ class Sequential(Module):
 def prunable_layers(model: Module) -> list[tuple[str, _Prunable]]:
     """The (name, layer) pairs of every Linear and Conv2d, in forward order."""
     return [(name, m) for name, m in model.named_modules() if m.prunable]
+
+
+@contextlib.contextmanager
+def trace_calls():
+    """Record every leaf layer call (layer, inputs, output) made inside the block, in order:
+    how :mod:`minievo.graph` sees a model's structure from one forward pass."""
+    global _trace
+    if _trace is not None:
+        raise RuntimeError("trace_calls() does not nest")
+    _trace = []
+    try:
+        yield _trace
+    finally:
+        _trace = None

@@ -132,12 +132,23 @@ def test_metrics_errors():
     with pytest.raises(ValueError, match="expects"):
         model_metrics(lenet5(), (3, 28, 28))
 
-    class Odd(Module):
+    class Odd(Module):  # changes the shape without saying so in output_shape()
         def forward(self, x):
-            return x
+            return x.reshape(x.shape[0], 2, 2)
 
-    with pytest.raises(TypeError, match="Odd"):
-        model_metrics(Sequential(Odd(), Linear(4, 2)), (4,))
+    with pytest.raises(ValueError, match="Odd.*output_shape"):
+        model_metrics(Sequential(Odd(), Flatten(), Linear(4, 2)), (4,))
+
+    class Doubled(Module):  # an operation outside a layer is refused, naming it
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Linear(4, 4), Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) * 2.0)
+
+    with pytest.raises(TypeError, match="Mul outside a layer"):
+        model_metrics(Doubled(), (4,))
     with pytest.raises(ValueError, match="kernel, filter"):
         model_metrics(lenet5()).live.clusters("neuron")
     np.testing.assert_equal(model_metrics(Sequential(Linear(4, 2)), (4,)).dense.synapses, 8)

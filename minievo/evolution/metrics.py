@@ -7,9 +7,10 @@ Three sets of counts are kept for every prunable layer and for the whole model:
   (o, i), a filter o (Conv2d) or a neuron o (Linear) is live when it holds a live synapse.
 * ``effective``: after removing dead structure. A filter or neuron with no live incoming synapse
   produces a constant, so the synapses reading from it do nothing (their constant contribution
-  could be folded into the next bias). We propagate this forward through the network:
-  conv -> pool -> conv keeps channels, conv -> flatten -> linear maps channel c to the block of
-  H*W flattened inputs c*H*W ... (c+1)*H*W - 1, linear -> linear maps neuron to input.
+  could be folded into the next bias). The walk (:mod:`minievo.graph`) propagates this forward
+  through the network, each layer by its own rule: pooling, ReLU and batch norm keep channels,
+  flatten maps channel c to the block of H*W flattened inputs c*H*W ... (c+1)*H*W - 1, an
+  addition keeps a channel live when it is live in either branch.
 
 Cluster counts, per granularity (matching the synthesis' clusters):
 
@@ -27,9 +28,9 @@ Multiply-accumulates per image: a Conv2d synapse is used once per output positio
 MACs = synapses * out_h * out_w; a Linear synapse once, MACs = synapses. Pooling, ReLU and the
 bias additions are not counted.
 
-The network is walked layer by layer (Sequential, possibly nested, of Conv2d, MaxPool2d, ReLU,
-Flatten, Linear, Dropout) from ``input_shape`` = (C, H, W) of one image; shapes are computed here.
-The counting runs on NumPy copies of the masks (cheap bookkeeping, identical on both backends).
+The shapes and live units come from the one walk over the model (:func:`minievo.graph.walk`);
+the counts from :mod:`minievo.structure`. The counting runs on NumPy copies of the masks (cheap
+bookkeeping, identical on both backends).
 """
 
 from __future__ import annotations
@@ -39,48 +40,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minievo.backend import to_numpy
-from minievo.functions.conv import conv_output_size
-from minievo.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from minievo.graph import walk
+from minievo.layers import prunable_layers
+from minievo.structure import StructureCounts, conv_counts, counts, linear_counts
 
-SUPPORTED_LAYERS = (Conv2d, MaxPool2d, ReLU, Flatten, Linear, Dropout)
-
-
-@dataclass
-class StructureCounts:
-    """Counts of one layer or of a whole model.
-
-    Attributes:
-        synapses: synapses (weights) present.
-        kernels: Conv2d kernels (o, i) holding a synapse.
-        filters: Conv2d filters (output maps) o holding a synapse.
-        neurons: Linear neurons o holding an incoming synapse.
-        macs: multiply-accumulates per image.
-    """
-
-    synapses: int = 0
-    kernels: int = 0
-    filters: int = 0
-    neurons: int = 0
-    macs: int = 0
-
-    def clusters(self, granularity: str) -> int:
-        """Clusters at "kernel" (kernels + neurons) or "filter" (filters + neurons) granularity."""
-        if granularity == "kernel":
-            return self.kernels + self.neurons
-        if granularity == "filter":
-            return self.filters + self.neurons
-        raise ValueError(
-            f"unknown granularity {granularity!r}; valid granularities are: kernel, filter"
-        )
-
-    def __add__(self, other: StructureCounts) -> StructureCounts:
-        return StructureCounts(
-            self.synapses + other.synapses,
-            self.kernels + other.kernels,
-            self.filters + other.filters,
-            self.neurons + other.neurons,
-            self.macs + other.macs,
-        )
+__all__ = ["LayerMetrics", "ModelMetrics", "StructureCounts", "conv_counts", "linear_counts",
+           "model_metrics"]
 
 
 @dataclass
@@ -177,26 +142,6 @@ class ModelMetrics:
         return row
 
 
-def _leaf_layers(model) -> list[tuple[str, object]]:
-    """The model's layers in forward order, nested Sequentials opened, with dotted names."""
-    if not isinstance(model, Sequential):
-        raise TypeError(
-            f"metrics walk a Sequential model, got {type(model).__name__}"
-        )
-    out = []
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, Sequential):
-            out.extend((f"{i}.{name}", sub) for name, sub in _leaf_layers(layer))
-        elif isinstance(layer, SUPPORTED_LAYERS):
-            out.append((str(i), layer))
-        else:
-            names = ", ".join(t.__name__ for t in SUPPORTED_LAYERS)
-            raise TypeError(
-                f"layer {i} is a {type(layer).__name__}; metrics know only: {names}, Sequential"
-            )
-    return out
-
-
 def _mask(layer) -> np.ndarray:
     """The layer's mask as a NumPy boolean array (all True when it has none)."""
     if getattr(layer, "mask", None) is None:
@@ -204,116 +149,41 @@ def _mask(layer) -> np.ndarray:
     return to_numpy(layer.mask) != 0
 
 
-def conv_counts(mask: np.ndarray, positions: int) -> StructureCounts:
-    """Counts of a Conv2d mask (O, I, kh, kw) used at ``positions`` = out_h * out_w places.
-
-    The one place synapses, kernels, filters and MACs are counted from a conv mask; the
-    compact model's summary (:mod:`minievo.sparse.summary`) counts with it too."""
-    synapses = int(mask.sum())
-    return StructureCounts(
-        synapses=synapses,
-        kernels=int(mask.any(axis=(2, 3)).sum()),
-        filters=int(mask.any(axis=(1, 2, 3)).sum()),
-        macs=synapses * positions,
-    )
-
-
-def linear_counts(mask: np.ndarray) -> StructureCounts:
-    """Counts of a Linear mask (out, in) (see :func:`conv_counts`)."""
-    synapses = int(mask.sum())
-    return StructureCounts(synapses=synapses, neurons=int(mask.any(axis=1).sum()), macs=synapses)
-
-
 def model_metrics(model, input_shape: tuple[int, ...] = (1, 28, 28)) -> ModelMetrics:
     """Count synapses, clusters and MACs of ``model``: dense, live and effective.
 
+    The model is read through the one walk of :mod:`minievo.graph` (shapes and live units
+    computed once from the layers' own protocol answers), so any network the walk follows is
+    counted: stacks, residual blocks, layer types defined outside minievo.
+
     Args:
-        model: a Sequential of Conv2d, MaxPool2d, ReLU, Flatten, Linear, Dropout (nested
-            Sequentials allowed).
+        model: a minievo Module (its forward is traced once on one zero image).
         input_shape: one image's shape (C, H, W) (or (features,) for a model starting with a
             Linear).
 
     Returns:
-        A :class:`ModelMetrics` with one :class:`LayerMetrics` per prunable layer.
+        A :class:`ModelMetrics` with one :class:`LayerMetrics` per prunable layer, in the order
+        of ``prunable_layers(model)`` (forward order for a stack).
 
     Raises:
-        TypeError: for a layer type the walk does not know.
+        TypeError: for a forward the walk cannot follow (:class:`minievo.graph.StructureError`).
         ValueError: when the shapes do not fit together.
     """
-    shape = tuple(int(n) for n in input_shape)
-    # alive[c]: channel c (or feature c) of the current activation is not a constant.
-    alive = np.ones(shape[0], dtype=bool)
-    layers = []
-    for name, layer in _leaf_layers(model):
-        if isinstance(layer, Conv2d):
-            if len(shape) != 3 or shape[0] != layer.weight.shape[1]:
-                raise ValueError(
-                    f"layer {name} {layer!r} expects ({layer.weight.shape[1]}, H, W) input, "
-                    f"gets {shape}"
-                )
-            o, _, kh, kw = layer.weight.shape
-            out_h = conv_output_size(shape[1], kh, layer.stride, layer.padding)
-            out_w = conv_output_size(shape[2], kw, layer.stride, layer.padding)
-            mask = _mask(layer)
-            # Synapses reading a dead input channel do nothing: drop them.
-            effective_mask = mask & alive[None, :, None, None]
-            counts = (
-                conv_counts(np.ones_like(mask), out_h * out_w),
-                conv_counts(mask, out_h * out_w),
-                conv_counts(effective_mask, out_h * out_w),
-            )
-            out_shape = (o, out_h, out_w)
-            # A filter with no effective incoming synapse outputs a constant map.
-            alive = effective_mask.any(axis=(1, 2, 3))
-        elif isinstance(layer, Linear):
-            n_out, n_in = layer.weight.shape
-            if len(shape) != 1 or shape[0] != n_in:
-                raise ValueError(
-                    f"layer {name} {layer!r} expects ({n_in},) input, gets {shape}"
-                    + (" (missing Flatten?)" if len(shape) == 3 else "")
-                )
-            mask = _mask(layer)
-            effective_mask = mask & alive[None, :]
-            counts = (
-                linear_counts(np.ones_like(mask)),
-                linear_counts(mask),
-                linear_counts(effective_mask),
-            )
-            out_shape = (n_out,)
-            alive = effective_mask.any(axis=1)
-        elif isinstance(layer, MaxPool2d):
-            if len(shape) != 3:
-                raise ValueError(f"layer {name} MaxPool2d expects (C, H, W) input, gets {shape}")
-            k = layer.kernel_size
-            s = k if layer.stride is None else int(layer.stride)
-            shape = (
-                shape[0],
-                conv_output_size(shape[1], k, s, 0),
-                conv_output_size(shape[2], k, s, 0),
-            )
-            continue  # channels map one to one: a constant map pools to a constant map
-        elif isinstance(layer, Flatten):
-            if len(shape) == 3:
-                c, h, w = shape
-                # channel c becomes the flattened inputs c*h*w ... (c+1)*h*w - 1
-                alive = np.repeat(alive, h * w)
-                shape = (c * h * w,)
-            continue
-        else:  # ReLU, Dropout: elementwise, a constant stays a constant
-            continue
-        layers.append(
-            LayerMetrics(
-                name=name,
-                layer_type=type(layer).__name__,
-                weight_shape=tuple(layer.weight.shape),
-                input_shape=shape,
-                output_shape=out_shape,
-                dense=counts[0],
-                live=counts[1],
-                effective=counts[2],
-            )
-        )
-        shape = out_shape
+    structure = walk(model, input_shape)
+    by_layer = {}
+    for node in structure.prunable():
+        layer = node.layer
+        mask = _mask(layer)
+        # Synapses reading a constant input unit do nothing: the effective mask drops them.
+        effective_mask = layer.effective_mask(node.live_in)
+        positions = layer.positions(node.in_shape)
+        dense, live, effective = (counts(m, positions, layer.granularities)
+                                  for m in (np.ones_like(mask), mask, effective_mask))
+        by_layer[id(layer)] = LayerMetrics(
+            name=node.name, layer_type=type(layer).__name__,
+            weight_shape=tuple(layer.weight.shape), input_shape=node.in_shape,
+            output_shape=node.out_shape, dense=dense, live=live, effective=effective)
+    layers = [by_layer[id(layer)] for _, layer in prunable_layers(model) if id(layer) in by_layer]
     result = ModelMetrics(input_shape=tuple(input_shape), layers=layers)
     for layer_metrics in layers:
         result.dense = result.dense + layer_metrics.dense

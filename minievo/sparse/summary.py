@@ -13,7 +13,7 @@ Linear at neuron granularity (output neuron o). Multiply-accumulates per image: 
 costs one MAC per output pixel, a linear synapse one MAC.
 
 The sampled counts are made by the same functions as the lineage's records
-(:func:`minievo.evolution.metrics.conv_counts`, :func:`~minievo.evolution.metrics.linear_counts`).
+(:func:`minievo.structure.conv_counts`, :func:`minievo.structure.linear_counts`).
 The effective counts here are what the compact model *executes*: besides the synapses that read
 a constant (which :func:`~minievo.evolution.metrics.model_metrics` drops as well), the compact
 model also skips synapses whose output no later layer reads, so its effective counts can be
@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from minievo.structure import conv_counts, linear_counts
 
 
 @dataclass
@@ -118,7 +120,6 @@ class CompactSummary:
 
 def summarize(cm) -> CompactSummary:
     """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel`."""
-    from minievo.evolution.metrics import conv_counts, linear_counts  # noqa: PLC0415
     from minievo.sparse.model import dense_weights  # noqa: PLC0415
 
     rows = []
