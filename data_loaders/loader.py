@@ -20,6 +20,7 @@ normalisation (the padded border is 0 in normalised units; see data_loaders.augm
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -146,6 +147,17 @@ class DataLoader:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one input sample as yielded, e.g. (1, 28, 28)."""
         return tuple(self._x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A sha256 of the samples, labels and how they are served (normalisation, dtype,
+        augmentation): a resumed run checks that it is given the same data."""
+        h = hashlib.sha256()
+        for a in (self._x_host, self._y_host):
+            a = B.to_numpy(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(repr((self.normalize, np.dtype(self.dtype).str, self.augment)).encode())
+        return h.hexdigest()
 
     def label_range(self) -> tuple[int, int]:
         """(smallest, largest) label, found once on the host: training checks the labels

@@ -45,7 +45,11 @@ def cmd_train(args) -> int:
     resume = check_run_dir(out, cfg, "train")
     # Everything that can fail on bad input happens before the run folder is written to.
     init.manual_seed(cfg["seed"])
-    model = models.build(cfg["model"]).to(args.backend)
+    import data_loaders as dl  # noqa: PLC0415
+
+    data_shape = dl.DATASETS[dl.dataset_name(cfg["dataset"])].shape
+    model = models.build(cfg["model"], models.input_shape_for(cfg["model"], data_shape))
+    model = model.to(args.backend)
     train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
                                   data_dir=args.data_dir, limit_train=args.limit_train,
                                   backend_name=args.backend)

@@ -156,7 +156,7 @@ def trace(model, input_shape: tuple) -> Structure:
 
     nodes = [Node(0, "input", None, [])]
     index_of: dict[int, int] = {id(x): 0}
-    counters: dict[str, int] = {}
+    producers: dict[int, tuple] = {}
 
     def visit(t: Tensor) -> int:
         # Post-order over the graph, with an explicit stack (deep networks, no recursion limit).
@@ -165,7 +165,9 @@ def trace(model, input_shape: tuple) -> Structure:
             tensor, expanded = stack.pop()
             if id(tensor) in index_of:
                 continue
-            layer, inputs, name = _producer(tensor, made_by, names, counters)
+            if id(tensor) not in producers:
+                producers[id(tensor)] = _producer(tensor, made_by, names)
+            layer, inputs, name = producers[id(tensor)]
             if not expanded:
                 stack.append((tensor, True))
                 stack.extend((i, False) for i in reversed(inputs) if id(i) not in index_of)
@@ -177,6 +179,12 @@ def trace(model, input_shape: tuple) -> Structure:
         return index_of[id(t)]
 
     visit(out)
+    counters: dict[str, int] = {}
+    for node in nodes[1:]:  # operations written in a forward: add0, add1, relu0, ... in order
+        if node.name is None:
+            kind = type(node.layer).__name__.lower()
+            node.name = f"{kind}{counters.get(kind, 0)}"
+            counters[kind] = counters.get(kind, 0) + 1
     if len(nodes) == 1:
         raise StructureError("the model's forward returns its input: there is no layer")
     for node in nodes[1:]:
@@ -185,8 +193,9 @@ def trace(model, input_shape: tuple) -> Structure:
     return Structure(input_shape, nodes)
 
 
-def _producer(t: Tensor, made_by: dict, names: dict, counters: dict):
-    """(layer, input tensors, name) of the node that made tensor ``t``."""
+def _producer(t: Tensor, made_by: dict, names: dict):
+    """(layer, input tensors, name) of the node that made tensor ``t`` (name None for an
+    operation written in a forward: named in forward order afterwards)."""
     if id(t) in made_by:
         layer, inputs = made_by[id(t)]
         return layer, inputs, names.get(id(layer), type(layer).__name__)
@@ -208,9 +217,7 @@ def _producer(t: Tensor, made_by: dict, names: dict, counters: dict):
             f"the forward applies {kind} outside a layer; the walk follows layers and, between "
             "them, a + b of one shape, relu and flatten: wrap that operation in a layer (see "
             "docs/extending.md)")
-    k = counters.get(kind, 0)
-    counters[kind] = k + 1
-    return cls(), inputs, f"{cls.__name__.lower()}{k}"
+    return cls(), inputs, None
 
 
 def walk(model, input_shape: tuple) -> Structure:

@@ -105,8 +105,10 @@ def check_model_fits_dataset(model: str, dataset: str, flag: str = "--model") ->
     """UsageError when the model's input shape is not the data set's sample shape."""
     import data_loaders as dl  # noqa: PLC0415
     from minievo.experiment import UsageError  # noqa: PLC0415
-    from minievo.models import INPUT_SHAPES  # noqa: PLC0415
+    from minievo.models import ANY_INPUT, INPUT_SHAPES  # noqa: PLC0415
 
+    if model in ANY_INPUT:
+        return  # global pooling: any image size, input channels from the data
     want = INPUT_SHAPES.get(model)
     have = dl.DATASETS[dl.dataset_name(dataset)].shape
     if want is not None and tuple(want) != tuple(have):

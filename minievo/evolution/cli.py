@@ -50,6 +50,9 @@ def add_commands(sub, add_common) -> None:
                         "(needs --offspring-per-generation >= m and --val-fraction)")
     p.add_argument("--val-fraction", type=float,
                    help="validation split carved from the training set")
+    p.add_argument("--augment", action="store_const", const=True, default=None,
+                   help="random crop (4-pixel padding) and horizontal flip of the training "
+                        "batches, seeded (for CIFAR-style networks)")
     p.add_argument("--stop-margin", type=float,
                    help="stop when validation accuracy falls this much below generation 0")
     p.add_argument("--pace-margin", type=float,

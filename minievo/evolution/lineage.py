@@ -45,7 +45,7 @@ from minievo.experiment import (
     make_optimizer,
     run_record,
 )
-from minievo.layers import prunable_layers
+from minievo.layers import Module, prunable_layers
 
 
 @dataclass
@@ -93,6 +93,13 @@ class EvolutionConfig:
     # data size (quick runs)
     limit_train: int | None = None
     limit_test: int | None = None
+    # random crop (4-pixel padding) and horizontal flip of the training batches, seeded
+    augment: bool = False
+    # a network and data given through the Python API (minievo.api.evolve): the model and
+    # dataset names are then labels, and these sha256 signatures identify what was given, so
+    # that a resume with another network or other data is refused
+    architecture: str | None = None
+    data_signature: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -100,7 +107,7 @@ class EvolutionConfig:
     def validate(self) -> None:
         from minievo.evolution.encoding import CONV_GRANULARITIES
 
-        if self.model not in models.MODELS:
+        if self.architecture is None and self.model not in models.MODELS:
             raise UsageError(f"unknown model {self.model!r}; choose one of: "
                              f"{', '.join(models.MODELS)}")
         for name in ("f_c", "f_s"):
@@ -206,6 +213,10 @@ class EvolutionConfig:
             bad("val_fraction", "a number in [0, 1)")
         if self.dataset is None or not isinstance(self.dataset, str):
             bad("dataset", "a data set name")
+        if not isinstance(self.augment, bool):
+            bad("augment", "true or false")
+        if self.architecture is not None:
+            return  # the Python API's own network and data: names are labels
         try:
             validate.dataset_name(self.dataset)
         except Exception as exc:  # argparse.ArgumentTypeError
@@ -265,11 +276,25 @@ class Lineage:
     progress: bool = True
     log: object = print
     rows: list = field(default_factory=list)
+    #: The Python API's network and data (minievo.api.evolve): a function returning a fresh
+    #: model, and the (train, validation or None, test) loaders. None: the config's names.
+    model_fn: object = None
+    loaders: tuple | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
         self.config.validate()
-        self.input_shape = models.INPUT_SHAPES[self.config.model]
+        if (self.model_fn is None) != (self.config.architecture is None) or \
+                (self.model_fn is None) != (self.loaders is None):
+            raise UsageError("a lineage of your own network needs model_fn, loaders and "
+                             "config.architecture together (use minievo.api.evolve)")
+        if self.loaders is not None:
+            self.input_shape = tuple(self.loaders[0].sample_shape)
+        else:
+            import data_loaders as dl  # noqa: PLC0415
+
+            data_shape = dl.DATASETS[dl.dataset_name(self.config.dataset)].shape
+            self.input_shape = models.input_shape_for(self.config.model, data_shape)
 
     # ----- files -----------------------------------------------------------------------------
     def _gen_dir(self, g: int, k: int | None = None) -> Path:
@@ -298,7 +323,13 @@ class Lineage:
         return rows
 
     def _new_model(self):
-        return models.build(self.config.model).to(self.backend)
+        if self.model_fn is not None:
+            model = self.model_fn()
+            if not isinstance(model, Module):
+                raise UsageError(f"the model function returned {type(model).__name__}, not a "
+                                 "minievo Module")
+            return model.to(self.backend)
+        return models.build(self.config.model, self.input_shape).to(self.backend)
 
     def _load_model(self, path: Path):
         model = self._new_model()
@@ -341,9 +372,10 @@ class Lineage:
         recorded = self._recorded_config()
         resume = check_run_dir(self.out, recorded, "evolve")
         # the data (and its checks) before the run folder is written to
-        self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
-                                    cfg.limit_train, cfg.limit_test, cfg.val_fraction,
-                                    self.backend)
+        if self.model_fn is None:
+            self.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, self.data_dir,
+                                        cfg.limit_train, cfg.limit_test, cfg.val_fraction,
+                                        self.backend, augment=cfg.augment)
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume:
             ckpt.atomic_write_text(self.out / "config.json", json.dumps(
@@ -389,6 +421,11 @@ class Lineage:
             del values["parents"]
         if values["pace_margin"] is None:
             del values["pace_margin"]
+        for key in ("architecture", "data_signature"):  # the CLI's runs name their network
+            if values[key] is None:
+                del values[key]
+        if not values["augment"]:
+            del values["augment"]
         return values
 
     def _parents(self, g: int):
