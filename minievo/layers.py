@@ -274,7 +274,7 @@ class _Prunable(Module):
 
     def needed_inputs(self, need, shape):
         m = backend.to_numpy(self.mask) != 0
-        return m[need].reshape(int(need.sum()), m.shape[1], -1).any(axis=(0, 2))
+        return m[need].any(axis=0).reshape(m.shape[1], -1).any(axis=1)  # no need: none
 
     def positions(self, shape: tuple) -> int:
         """How many times per image each synapse is used (output pixels; 1 for Linear)."""

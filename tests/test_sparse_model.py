@@ -221,11 +221,13 @@ def test_wrong_input_shape_and_dtype(xp):
 
 def test_unsupported_models_are_refused():
     class Odd(L.Module):
-        def forward(self, x):
-            return x
+        channelwise = False  # an output channel reads other channels: no compact form
 
-    with pytest.raises(TypeError, match="got Odd"):
-        sparse.compact(L.Sequential(L.Conv2d(1, 2, 3), Odd()))
+        def forward(self, x):
+            return x * 2.0
+
+    with pytest.raises(TypeError, match=r"layer 1 \(Odd\).*not channelwise"):
+        sparse.compact(L.Sequential(L.Conv2d(1, 2, 3), Odd()), input_shape=(1, 5, 5))
     with pytest.raises(ValueError, match="input_shape"):
         sparse.compact(L.Sequential(L.Conv2d(1, 2, 3), L.ReLU()))
     with pytest.raises(ValueError, match="method"):

@@ -11,10 +11,11 @@ Example::
     cm2 = sparse.load("lenet5.compact.npz")
     net2 = sparse.expand(cm)           # the masked dense model again, exactly
 
-Modules: :mod:`model` (compact / expand / CompactModel), :mod:`layers` (CompactConv2d,
-CompactLinear), :mod:`cpu` (the CPU forward: the compiled kernel of
-:mod:`minievo.kernels.native`, scipy.sparse or BLAS per layer), :mod:`gpu` (RawKernel launches),
-:mod:`reference` (plain NumPy definitions), :mod:`summary`, :mod:`storage`.
+Modules: :mod:`model` (compact / expand / CompactModel, chains and residual graphs),
+:mod:`layers` (CompactConv2d, CompactLinear and the other steps), :mod:`cpu` (the CPU forward:
+the compiled kernel of :mod:`minievo.kernels.native`, scipy.sparse or BLAS per layer),
+:mod:`gpu` (RawKernel launches), :mod:`reference` (plain NumPy definitions), :mod:`summary`,
+:mod:`storage`.
 """
 
 from minievo.sparse.cpu import (
@@ -25,9 +26,16 @@ from minievo.sparse.cpu import (
 )
 from minievo.sparse.layers import CompactConv2d, CompactLinear
 from minievo.sparse.model import CompactModel, compact, expand
-from minievo.sparse.storage import load_compact as load
-from minievo.sparse.storage import save_compact as save
-from minievo.sparse.summary import CompactSummary, LayerSummary
+from minievo.sparse.storage import load_compact, save_compact
+from minievo.sparse.summary import CompactSummary, LayerSummary, summarize
+
+# The model module imports neither storage nor summary (they import it); the compact model's
+# save / load / summary methods are theirs, bound here.
+CompactModel.save = save_compact
+CompactModel.load = staticmethod(load_compact)
+CompactModel.summary = summarize
+load = load_compact
+save = save_compact
 
 __all__ = [
     "CSR_MAX_DENSITY",
@@ -43,4 +51,5 @@ __all__ = [
     "native_available",
     "save",
     "set_num_threads",
+    "summarize",
 ]

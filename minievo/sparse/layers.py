@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from minievo import backend
+from minievo.autograd import Tensor, no_grad
 from minievo.backend import BackendError, get_array_module, is_cupy_array
 from minievo.sparse import cpu, gpu
 from minievo.sparse.reference import conv_output_hw, kernel_csr, row_pointers
@@ -212,6 +213,11 @@ class CompactConv2d(_DeviceMixin):
         return self.cpu_weights.method
 
     @property
+    def requested_method(self) -> str:
+        """The CPU path asked for at construction ('auto' lets the cost model choose)."""
+        return self._method
+
+    @property
     def cpu_weights(self) -> cpu.ConvWeights:
         if self._cpu is None:
             self._cpu = cpu.ConvWeights(self.indptr, self.indices, self.kernels,
@@ -368,6 +374,11 @@ class CompactLinear(_DeviceMixin):
     @property
     def method(self) -> str:
         return self.cpu_weights.method
+
+    @property
+    def requested_method(self) -> str:
+        """The CPU path asked for at construction ('auto' lets the cost model choose)."""
+        return self._method
 
     @property
     def cpu_weights(self) -> cpu.LinearWeights:
@@ -535,3 +546,234 @@ class Gather:
 
     def __repr__(self):
         return f"Gather({self.index.size} units)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps of a compact graph model (residual networks; see minievo.sparse.model), batch-last too.
+
+
+class _HostArrays:
+    """A step's arrays: host copies always, device copies made on the first CuPy input."""
+
+    _dev: dict | None = None
+
+    def host_arrays(self) -> dict:
+        raise NotImplementedError
+
+    def to(self, name: str):
+        """Drop or make the device copies for backend ``name``; returns self."""
+        name = backend.check_name(name)
+        self._dev = None
+        if name == "cupy":
+            self._dev = {k: backend.to_backend(v, "cupy") for k, v in self.host_arrays().items()
+                         if v is not None}
+        return self
+
+    def _arrays_for(self, x) -> dict:
+        if not is_cupy_array(x):
+            return self.host_arrays()
+        if self._dev is None:
+            self.to("cupy")
+        return self._dev
+
+
+def _unit_shape(a, ndim: int) -> tuple:
+    """Shape that broadcasts a per-unit array ``a`` ((U,) or (U, ...)) against (U, ..., N)."""
+    return (*a.shape, *(1,) * (ndim - a.ndim))
+
+
+class AvgPool:
+    """Average pooling over the spatial axes of (C, H, W, N), as AvgPool2d: k x k windows,
+    zero padding counted in the average (divisor k*k)."""
+
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
+        self.kernel_size = int(kernel_size)
+        self.stride = self.kernel_size if stride is None else int(stride)
+        self.padding = int(padding)
+        if self.kernel_size < 1 or self.stride < 1 or self.padding < 0:
+            raise ValueError(f"average pooling needs a window and stride >= 1 and padding >= 0, "
+                             f"got {self.kernel_size}, {self.stride}, {self.padding}")
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        k = self.kernel_size
+        return conv_output_hw(h, w, k, k, self.stride, self.padding)
+
+    def forward_bl(self, x):
+        """x (C, H, W, N) -> (C, OH, OW, N)."""
+        xp = get_array_module(x)
+        k, s, p = self.kernel_size, self.stride, self.padding
+        oh, ow = self.output_hw(*x.shape[1:3])
+        if p:
+            x = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        out = xp.zeros((x.shape[0], oh, ow, x.shape[3]), dtype=x.dtype)
+        for i in range(k):
+            for j in range(k):
+                out += x[:, i : i + s * oh : s, j : j + s * ow : s]
+        out *= np.float32(1.0 / (k * k))
+        return out
+
+    def spec(self) -> dict:
+        return {"op": "avgpool", "kernel_size": self.kernel_size, "stride": self.stride,
+                "padding": self.padding}
+
+    def __repr__(self):
+        return f"AvgPool({self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class GlobalAvgPool:
+    """The mean of each map: (C, H, W, N) -> (C, N)."""
+
+    def forward_bl(self, x):
+        return x.mean(axis=(1, 2))
+
+    def spec(self) -> dict:
+        return {"op": "global_avgpool"}
+
+    def __repr__(self):
+        return "GlobalAvgPool()"
+
+
+class Affine(_HostArrays):
+    """y = scale * x + shift for each unit of axis 0: batch norm at inference where it cannot
+    be folded into the convolution before it.
+
+    Args:
+        scale, shift: (U,) per unit (map or feature), stored as float32.
+    """
+
+    def __init__(self, scale, shift):
+        self.scale = _host(scale, np.float32)
+        self.shift = _host(shift, np.float32)
+        if self.scale.ndim != 1 or self.shift.shape != self.scale.shape:
+            raise ValueError(f"scale and shift must be two (U,) arrays, got {self.scale.shape} "
+                             f"and {self.shift.shape}")
+
+    def host_arrays(self) -> dict:
+        return {"scale": self.scale, "shift": self.shift}
+
+    def forward_bl(self, x):
+        """x (U, ..., N) -> the same shape."""
+        if x.shape[0] != self.scale.shape[0]:
+            raise ValueError(f"Affine over {self.scale.shape[0]} units got input "
+                             f"{tuple(x.shape)}")
+        a = self._arrays_for(x)
+        shape = _unit_shape(a["scale"], x.ndim)
+        return x * a["scale"].reshape(shape) + a["shift"].reshape(shape)
+
+    def spec(self) -> dict:
+        return {"op": "affine"}
+
+    def __repr__(self):
+        return f"Affine({self.scale.shape[0]} units)"
+
+
+class Sum(_HostArrays):
+    """A residual addition on the units a compact model keeps.
+
+    Input k adds its units ``src[k]`` (positions along its axis 0) to the output units
+    ``dst[k]``; ``offset`` adds the constant part (the static value of the units that are
+    constant in one branch and computed in another).
+
+    Args:
+        units: the output's units U.
+        src, dst: per input, two (m_k,) integer arrays of equal length; ``dst[k]`` distinct.
+        offset: None, (U,) or (U, *spatial) float32.
+    """
+
+    def __init__(self, units: int, src: list, dst: list, offset=None):
+        self.units = int(units)
+        self.src = [_host(a, np.int64) for a in src]
+        self.dst = [_host(a, np.int64) for a in dst]
+        if not self.src or len(self.src) != len(self.dst):
+            raise ValueError("Sum needs one src and one dst index per input, at least one")
+        for k, (s, d) in enumerate(zip(self.src, self.dst)):
+            if s.ndim != 1 or s.shape != d.shape:
+                raise ValueError(f"Sum input {k}: src and dst must be two (m,) arrays of one "
+                                 f"length, got {s.shape} and {d.shape}")
+            if d.size and (d.min() < 0 or d.max() >= self.units or
+                           np.unique(d).size != d.size):
+                raise ValueError(f"Sum input {k}: dst must hold distinct units in "
+                                 f"[0, {self.units})")
+            if s.size and s.min() < 0:
+                raise ValueError(f"Sum input {k}: src must hold non-negative positions")
+        self.offset = None if offset is None else _host(offset, np.float32)
+        if self.offset is not None and (self.offset.ndim < 1 or
+                                        self.offset.shape[0] != self.units):
+            raise ValueError(f"Sum offset must have shape ({self.units}, ...), got "
+                             f"{self.offset.shape}")
+        # an index that keeps every unit in order is skipped (no copy)
+        self._src_range = [bool(np.array_equal(s, np.arange(s.size))) for s in self.src]
+        self._dst_all = [d.size == self.units and bool(np.array_equal(d, np.arange(d.size)))
+                         for d in self.dst]
+
+    def host_arrays(self) -> dict:
+        arrays = {"offset": self.offset}
+        for k, (s, d) in enumerate(zip(self.src, self.dst)):
+            arrays[f"src{k}"], arrays[f"dst{k}"] = s, d
+        return arrays
+
+    def forward_bl(self, *xs, inplace: bool = False):
+        """xs[k] (units_k, ..., N) -> (U, ..., N); ``inplace`` lets the sum overwrite xs[0]
+        (the model does so when nothing else reads it)."""
+        if len(xs) != len(self.src):
+            raise ValueError(f"Sum expects {len(self.src)} inputs, got {len(xs)}")
+        xp = get_array_module(xs[0])
+        a = self._arrays_for(xs[0])
+        out = None
+        for k, x in enumerate(xs):
+            src = self.src[k]
+            if src.size and src.max() >= x.shape[0]:
+                raise ValueError(f"Sum input {k} has {x.shape[0]} units, the step reads unit "
+                                 f"{src.max()}")
+            v = x if self._src_range[k] and src.size == x.shape[0] else x[a[f"src{k}"]]
+            if self._dst_all[k]:
+                if out is None:
+                    out = v.copy() if v is x and not (inplace and k == 0) else v
+                else:
+                    out += v
+                continue
+            if out is None:
+                out = xp.zeros((self.units, *x.shape[1:]), dtype=x.dtype)
+            out[a[f"dst{k}"]] += v
+        if self.offset is not None:
+            out += a["offset"].reshape(_unit_shape(a["offset"], out.ndim))
+        return out
+
+    def spec(self) -> dict:
+        return {"op": "add", "units": self.units, "offset": self.offset is not None}
+
+    def __repr__(self):
+        return f"Sum({len(self.src)} inputs -> {self.units} units)"
+
+
+class LayerStep:
+    """A minievo layer run through its own forward (no autograd) on batch-last activations:
+    how a compact model runs a channelwise layer it has no compact step for (a user's layer
+    type), restricted to the kept channels by the layer's ``select_channels``.
+
+    Args:
+        layer: the (restricted) layer; it is put in evaluation mode.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+        layer.eval()
+
+    def to(self, name: str):
+        self.layer.to(backend.check_name(name))
+        return self
+
+    def forward_bl(self, x):
+        """x (C, ..., N) -> the layer's output, batch-last, float32."""
+        xp = get_array_module(x)
+        with no_grad():
+            y = unwrap(self.layer(Tensor(batch_first(x))))
+        y = y.transpose(*range(1, y.ndim), 0)
+        return xp.ascontiguousarray(y, dtype=xp.float32)
+
+    def spec(self) -> dict:
+        return {"op": "layer", "type": type(self.layer).__name__,
+                "config": self.layer.layer_config()}
+
+    def __repr__(self):
+        return f"LayerStep({self.layer!r})"

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from minievo.sparse.model import CompactModel, dense_mask
 from minievo.structure import conv_counts, linear_counts
 
 
@@ -98,18 +99,19 @@ class CompactSummary:
         }
 
     def __str__(self) -> str:
-        head = (f"{'layer':<22}{'method':>7}{'synapses':>11}{'effective':>11}{'kernels':>9}"
+        w = max([22] + [len(r.name) + 2 for r in self.layers])
+        head = (f"{'layer':<{w}}{'method':>7}{'synapses':>11}{'effective':>11}{'kernels':>9}"
                 f"{'eff.':>6}{'filters':>9}{'eff.':>6}{'MACs/img':>12}{'dense MACs':>12}")
         lines = [head, "-" * len(head)]
         for r in self.layers:
             lines.append(
-                f"{r.name:<22}{r.method:>7}{r.synapses:>11,}{r.effective_synapses:>11,}"
+                f"{r.name:<{w}}{r.method:>7}{r.synapses:>11,}{r.effective_synapses:>11,}"
                 f"{r.kernels:>9,}{r.effective_kernels:>6,}{r.clusters:>9,}"
                 f"{r.effective_clusters:>6,}{r.macs_effective:>12,}{r.macs_dense:>12,}"
             )
         lines.append("-" * len(head))
         lines.append(
-            f"{'total':<22}{'':>7}{self.synapses:>11,}{self.effective_synapses:>11,}"
+            f"{'total':<{w}}{'':>7}{self.synapses:>11,}{self.effective_synapses:>11,}"
             f"{'':>9}{'':>6}{'':>9}{'':>6}{self.macs_effective:>12,}{self.macs_dense:>12,}"
         )
         lines.append(f"synaptic efficiency {self.synaptic_efficiency:.1f}x "
@@ -118,16 +120,14 @@ class CompactSummary:
         return "\n".join(lines)
 
 
-def summarize(cm) -> CompactSummary:
-    """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel`."""
-    from minievo.sparse.model import dense_weights  # noqa: PLC0415
-
+def summarize(cm: CompactModel) -> CompactSummary:
+    """The :class:`CompactSummary` of a :class:`~minievo.sparse.model.CompactModel` (chain or
+    graph): one row per prunable layer of the original model."""
     rows = []
-    prunable_names = [n for n, s in zip(cm.leaf_names, cm.leaf_specs)
-                      if s["op"] in ("conv", "linear")]
+    chain_names = [n for n, s in zip(cm.leaf_names, cm.leaf_specs)
+                   if s["op"] in ("conv", "linear")]
     for j, src in enumerate(cm.sources):
-        _, mask = dense_weights(cm, j)
-        live = mask != 0
+        live = dense_mask(cm, j) != 0
         positions = int(np.prod(src.out_hw))
         if src.kind == "conv":
             sampled = conv_counts(live, positions)
@@ -146,7 +146,7 @@ def summarize(cm) -> CompactSummary:
         label = "Conv2d" if src.kind == "conv" else "Linear"
         shape_txt = "x".join(map(str, src.shape))
         rows.append(LayerSummary(
-            name=f"{prunable_names[j]}: {label} {shape_txt}", kind=src.kind,
+            name=f"{src.name or chain_names[j]}: {label} {shape_txt}", kind=src.kind,
             shape=tuple(src.shape), method=step.method if step is not None else "-",
             dense_synapses=int(live.size), synapses=sampled.synapses,
             effective_synapses=eff_syn, kernels=kernels, effective_kernels=eff_kernels,
