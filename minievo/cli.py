@@ -29,6 +29,7 @@ from minievo.experiment import (
     make_optimizer,
     run_record,
 )
+from minievo.runlock import FolderInUse, run_lock
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,41 +43,43 @@ def cmd_train(args) -> int:
     cfg["limit_train"] = args.limit_train
     validate.check_model_fits_dataset(cfg["model"], cfg["dataset"])
     out = Path(args.out)
-    resume = check_run_dir(out, cfg, "train")
-    # Everything that can fail on bad input happens before the run folder is written to.
-    init.manual_seed(cfg["seed"])
-    import data_loaders as dl  # noqa: PLC0415
+    with run_lock(out, "train"):  # one run per folder (minievo.runlock)
+        resume = check_run_dir(out, cfg, "train")
+        # Everything that can fail on bad input happens before the run folder is written to.
+        init.manual_seed(cfg["seed"])
+        import data_loaders as dl  # noqa: PLC0415
 
-    data_shape = dl.DATASETS[dl.dataset_name(cfg["dataset"])].shape
-    model = models.build(cfg["model"], models.input_shape_for(cfg["model"], data_shape))
-    model = model.to(args.backend)
-    train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
-                                  data_dir=args.data_dir, limit_train=args.limit_train,
-                                  backend_name=args.backend)
-    opt, sched = make_optimizer(model, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.json", json.dumps(run_record("train", cfg), indent=2))
-    ck = out / "checkpoint.npz"
-    state = None
-    if resume and ck.exists():
-        state, _ = training.load_training_checkpoint(ck, model, opt)
-        if not (0 <= state.epoch <= cfg["epochs"] and 0 <= state.step_in_epoch < len(train)):
-            raise CheckpointError(f"{ck}: fit_state epoch {state.epoch}, batch "
-                                  f"{state.step_in_epoch} lies outside this run ({cfg['epochs']} "
-                                  f"epochs of {len(train)} batches)")
-        print(f"resuming {out} at epoch {state.epoch + 1}, batch {state.step_in_epoch}")
-    state = training.fit(model, train, opt, cfg["epochs"], scheduler=sched, test_loader=test,
-                         checkpoint_path=ck, checkpoint_seconds=args.checkpoint_seconds,
-                         state=state, progress=not args.no_progress)
-    final = state.history[-1] if state.history else {}
-    metrics = {"config": cfg, "history": state.history,
-               "test_accuracy": final.get("test_accuracy"),
-               "train_seconds": state.train_seconds, "backend": args.backend}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    print(f"test accuracy {100 * final.get('test_accuracy', 0):.2f}% after {state.epoch} epochs, "
-          f"{state.train_seconds:.0f}s training; wrote {ck} and {out / 'metrics.json'}")
-    return 0
+        data_shape = dl.DATASETS[dl.dataset_name(cfg["dataset"])].shape
+        model = models.build(cfg["model"], models.input_shape_for(cfg["model"], data_shape))
+        model = model.to(args.backend)
+        train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
+                                      data_dir=args.data_dir, limit_train=args.limit_train,
+                                      backend_name=args.backend)
+        opt, sched = make_optimizer(model, cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(out / "config.json", json.dumps(run_record("train", cfg), indent=2))
+        ck = out / "checkpoint.npz"
+        state = None
+        if resume and ck.exists():
+            state, _ = training.load_training_checkpoint(ck, model, opt)
+            if not (0 <= state.epoch <= cfg["epochs"] and 0 <= state.step_in_epoch < len(train)):
+                raise CheckpointError(
+                    f"{ck}: fit_state epoch {state.epoch}, batch {state.step_in_epoch} lies "
+                    f"outside this run ({cfg['epochs']} epochs of {len(train)} batches)")
+            print(f"resuming {out} at epoch {state.epoch + 1}, batch {state.step_in_epoch}")
+        state = training.fit(model, train, opt, cfg["epochs"], scheduler=sched, test_loader=test,
+                             checkpoint_path=ck, checkpoint_seconds=args.checkpoint_seconds,
+                             state=state, progress=not args.no_progress)
+        final = state.history[-1] if state.history else {}
+        metrics = {"config": cfg, "history": state.history,
+                   "test_accuracy": final.get("test_accuracy"),
+                   "train_seconds": state.train_seconds, "backend": args.backend}
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        print(f"test accuracy {100 * final.get('test_accuracy', 0):.2f}% after {state.epoch} "
+              f"epochs, {state.train_seconds:.0f}s training; wrote {ck} and "
+              f"{out / 'metrics.json'}")
+        return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
                                  f"{args.sparse_training!r}, allowed: auto, on, off") from None
         return args.func(args)
     except (UsageError, backend.BackendError, CheckpointError, TrainingDiverged,
-            data_error) as exc:
+            FolderInUse, data_error) as exc:
         print(f"minievo: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an unwritable --out, a full disk, a file where a folder goes

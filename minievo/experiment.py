@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from minievo.runlock import LOCK_NAME
+
 
 class UsageError(Exception):
     """Bad input from the user (a flag, a directory): printed as one line, exit status 2."""
@@ -220,7 +222,7 @@ def check_run_dir(out: Path, config: dict, kind: str) -> bool:
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         if out.exists():
-            entries = list(out.iterdir())
+            entries = [p for p in out.iterdir() if p.name != LOCK_NAME]
             if entries and all(_TMP_NAME.match(p.name) and p.is_file() for p in entries):
                 remove_stale_tmp(out)  # a kill during the first write of config.json
                 entries = []
@@ -238,10 +240,10 @@ def check_run_dir(out: Path, config: dict, kind: str) -> bool:
                          "use another --out or delete it")
     remove_stale_tmp(out)
     if old.get("kind") != kind or old.get("config") != config:
-        rest = [p.name for p in out.iterdir() if p.name not in START_FILES]
+        rest = [p.name for p in out.iterdir() if p.name not in (*START_FILES, LOCK_NAME)]
         if not rest and old.get("kind") == kind:
             # the start of a run that never produced anything: reuse the folder
-            for name in START_FILES:
+            for name in START_FILES:  # (the run lock stays: this process holds it)
                 (out / name).unlink(missing_ok=True)
             print(f"minievo: {out} held only the start of a {kind} run that produced nothing; "
                   "starting it over with these settings", file=sys.stderr)

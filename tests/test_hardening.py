@@ -35,6 +35,7 @@ from minievo import layers as L
 from minievo.checkpoint import CheckpointError
 from minievo.cli import main
 from minievo.kernels import native
+from minievo.runlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -86,7 +87,7 @@ def one_line_error(status: int, err: str, *needles: str) -> None:
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under folder -> its SHA-256 (what 'intact' is compared with)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
 
 
 # ----------------------------------------------------------------------------------------------

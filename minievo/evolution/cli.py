@@ -175,6 +175,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from minievo.runlock import run_lock
+
+    # A reader's lock: never render a folder that a run is writing to.
+    with run_lock(Path(args.run_dir), "report", shared=True):
+        return _report(args)
+
+
+def _report(args) -> int:
     from minievo.evolution import report
 
     if (Path(args.run_dir) / "sweep.json").exists():

@@ -46,6 +46,7 @@ from minievo.experiment import (
     run_record,
 )
 from minievo.layers import Module, prunable_layers
+from minievo.runlock import run_lock
 
 
 @dataclass
@@ -367,7 +368,12 @@ class Lineage:
 
     # ----- the loop --------------------------------------------------------------------------
     def run(self) -> list:
-        """Run (or resume) the lineage; returns the per-generation rows."""
+        """Run (or resume) the lineage; returns the per-generation rows. The run folder is
+        locked for the whole run (:mod:`minievo.runlock`): a second process is refused."""
+        with run_lock(self.out, "evolve"):
+            return self._run()
+
+    def _run(self) -> list:
         cfg = self.config
         recorded = self._recorded_config()
         resume = check_run_dir(self.out, recorded, "evolve")
