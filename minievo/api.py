@@ -63,6 +63,30 @@ def architecture_signature(model: Module) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
+def _check_output_layer_last(model: Module, input_shape: tuple) -> None:
+    """The encoding protects the clusters of the last prunable layer in the model's attribute
+    order, meant as the output layer (its neurons are the classes); a network that defines its
+    classifier earlier would have another layer protected instead."""
+    from minievo import graph  # noqa: PLC0415
+    from minievo.layers import prunable_layers  # noqa: PLC0415
+
+    try:
+        structure = graph.walk(model, input_shape)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"the network cannot be walked on inputs {tuple(input_shape)}: "
+                         f"{exc}") from None
+    layers = prunable_layers(model)
+    if not layers:
+        raise UsageError("the network has no prunable layer (Conv2d or Linear): there are no "
+                         "synapses to evolve")
+    walked = structure.prunable()
+    if walked and walked[-1].layer is not layers[-1][1]:
+        raise UsageError(
+            f"the network's last prunable layer in forward order is {walked[-1].name}, but "
+            f"{layers[-1][0]} is defined after it: define the output layer last in __init__ "
+            "(its class neurons are protected from removal)")
+
+
 def _loader(data, name: str, batch_size: int, shuffle: bool, seed: int, backend_name: str,
             augment: bool):
     import data_loaders as dl  # noqa: PLC0415
@@ -155,6 +179,7 @@ def evolve(model, train, test, val=None, *, out, preset: str = "paper-mnist",
     if not isinstance(probe, Module):
         raise UsageError(f"the model function returned {type(probe).__name__}, not a minievo "
                          "Module")
+    _check_output_layer_last(probe, loaders[0].sample_shape)
     signature = hashlib.sha256(json.dumps(
         [ld.fingerprint() if ld is not None else None for ld in loaders]).encode()).hexdigest()
     # The share of the images given for training and validation that validation holds: what

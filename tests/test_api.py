@@ -73,6 +73,18 @@ class Net(L.Module):
         return self.fc(self.pool(self.block(h)))
 
 
+class FcFirst(Net):
+    """The classifier defined before the other layers: the wrong layer would be protected."""
+
+    def __init__(self):
+        L.Module.__init__(self)
+        self.fc = L.Linear(6, 3)
+        self.stem = L.Conv2d(1, 6, 3, padding=1)
+        self.scale = None
+        self.block = Block(6)
+        self.pool = L.GlobalAvgPool2d()
+
+
 def make_data(n, seed):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
@@ -157,6 +169,8 @@ def test_another_network_or_other_data_is_refused_on_the_same_folder(tmp_path, n
     (dict(val_fraction=0.1), "not for minievo.evolve"),
     (dict(preset="nope"), "unknown preset"),
     (dict(generations=-1), "generations"),
+    (dict(model=lambda: FcFirst()), "define the output layer last"),
+    (dict(model=lambda: L.Sequential(L.Flatten(), L.Linear(10, 3))), "cannot be walked"),
 ])
 def test_bad_calls_are_one_clear_error(tmp_path, bad, match):
     with pytest.raises(UsageError, match=match):
