@@ -12,7 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = REPO / "docs" / "method.md"
-CITING = [REPO / "README.md", *sorted((REPO / "minievo").rglob("*.py")),
+CITING = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+          *sorted((REPO / "minievo").rglob("*.py")),
           *sorted((REPO / "tutorials").glob("*")), *sorted((REPO / "benchmarks").glob("*.py")),
           *sorted((REPO / "tests").rglob("*.py"))]
 REFERENCE = re.compile(r"docs/method\.md#([A-Za-z0-9_-]+)")
@@ -51,3 +52,32 @@ def test_every_citation_of_the_method_resolves():
             assert anchor in have, (f"{path.relative_to(REPO)} cites docs/method.md#{anchor}, "
                                     f"which is not an anchor of docs/method.md")
     assert cited >= 20  # the docstrings and chapters that cite the method point to it
+
+
+def test_extending_guide_code_runs(tmp_path, monkeypatch):
+    """Every Python block of docs/extending.md runs as the guide says: a block opening with
+    '# some/file.py' adds to that file, the others run in order in one session (the guide's
+    contract-test file is collected by pytest, not run here)."""
+    import sys
+
+    text = (REPO / "docs" / "extending.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 10
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    namespace: dict = {"__name__": "extending_guide"}
+    ran = 0
+    for block in blocks:
+        first = block.splitlines()[0]
+        match = re.fullmatch(r"# ([\w/]+\.py)", first.strip())
+        if match:
+            path = tmp_path / match.group(1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(block + "\n")
+            continue
+        for name in [m for m in sys.modules if m.startswith("my_")]:
+            del sys.modules[name]  # a file the guide extended since the last import
+        exec(compile(block, "docs/extending.md", "exec"), namespace)  # noqa: S102
+        ran += 1
+    assert ran >= 8
