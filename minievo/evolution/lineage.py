@@ -244,7 +244,7 @@ PRESETS: dict[str, dict] = {
                         retention_control="quantile"),
     # The literal model of docs/method.md: per-layer Z = max / ln 2 (layer scope, quantiles 1),
     # constant F_c = F_s = 1, no retention control. It collapses within a few generations
-    # (about a fifth of a trained LeNet-5's synapses survive each one); README, "How the
+    # (about 16% of a trained LeNet-5's synapses survive each one); README, "How the
     # default run departs from the paper's literal model".
     "literal": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=8,
                     offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="layer",
