@@ -151,7 +151,8 @@ def _blas_info() -> str:
     try:
         from threadpoolctl import threadpool_info
 
-        libs = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+        libs = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads"
+                + (f", {i['architecture']} kernels" if i.get("architecture") else "") + ")"
                 for i in threadpool_info() if i.get("user_api") == "blas"]
         if libs:
             return "; ".join(libs)
