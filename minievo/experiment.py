@@ -85,6 +85,8 @@ START_FILES = ("config.json", "generation0_init.npz")
 #: The BLAS kernels NumPy multiplies with: a resume under another library, version or kernel
 #: architecture (OpenBLAS picks its kernels by CPU) warns like the other numerics settings.
 KERNEL_KEYS = ("blas_library", "blas_version", "blas_architecture")
+#: Compared like the kernels, when both records have them: NumPy's own SIMD targets.
+SIMD_KEYS = ("numpy_simd",)
 #: Recorded for the reader, never compared: the threads OpenBLAS actually runs (follows the
 #: core count unless ``blas_threads`` sets it) and the CPU model (with the same kernels, another
 #: CPU computes the same numbers).
@@ -121,6 +123,23 @@ def blas_kernels() -> dict:
         if lib.get(name) not in (None, ""):
             info[key] = lib[name]
     return info
+
+
+def numpy_simd() -> str:
+    """The SIMD targets NumPy's own loops run with on this CPU (its dispatched features that
+    are on, e.g. ``"X86_V3"`` on an AVX2 CPU, ``"X86_V3 X86_V4 AVX512_ICL"`` with AVX-512):
+    a wider vector sums in another order, so a run's numbers depend on it as on the BLAS
+    kernels (``NPY_DISABLE_CPU_FEATURES`` turns targets off). ``"unknown"`` when NumPy does
+    not say. Never raises."""
+    try:
+        import numpy  # noqa: PLC0415
+
+        umath = getattr(numpy, "_core", None) or numpy.core
+        features = umath._multiarray_umath.__cpu_features__
+        dispatch = umath._multiarray_umath.__cpu_dispatch__
+        return " ".join(f for f in dispatch if features.get(f)) or "baseline"
+    except Exception:  # another NumPy: the record says so
+        return UNKNOWN
 
 
 def cpu_model() -> str:
@@ -160,7 +179,8 @@ def numerics_settings() -> dict:
     blas = next((os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                          "MKL_NUM_THREADS") if os.environ.get(k)), "default")
     return {"accel": accel, "sparse_training": mode, "native": native.enabled(),
-            "blas_threads": blas, **blas_kernels(), "cpu": cpu_model()}
+            "blas_threads": blas, **blas_kernels(), "numpy_simd": numpy_simd(),
+            "cpu": cpu_model()}
 
 
 def run_record(kind: str, config: dict) -> dict:
@@ -178,7 +198,8 @@ def _numerics_differences(recorded: dict, now: dict) -> list[str]:
         if key in RECORD_ONLY:
             continue
         old = recorded.get(key)
-        if key in KERNEL_KEYS and (key not in recorded or UNKNOWN in (old, value)):
+        if key in (*KERNEL_KEYS, *SIMD_KEYS) and (key not in recorded or
+                                                  UNKNOWN in (old, value)):
             continue
         if old != value:
             diff.append(f"{key} {old!r} -> {value!r}")

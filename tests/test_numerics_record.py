@@ -25,6 +25,7 @@ import pytest
 
 from minievo import backend, experiment
 from minievo.cli import main
+from minievo.runlock import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "synthetic-digits", "--limit-train", "256", "--epochs", "1",
@@ -72,7 +73,9 @@ def doctored(train_run, tmp_path, monkeypatch):
 
 
 def snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The run's files (the run lock, which names its latest holder, aside)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 def _numpys_blas() -> dict:
@@ -159,11 +162,12 @@ def test_the_cpu_model_falls_back_to_the_platform(monkeypatch):
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key,other", [("blas_architecture", "SkylakeX"),
                                        ("blas_version", "0.3.2"),
-                                       ("blas_library", "mkl")])
+                                       ("blas_library", "mkl"),
+                                       ("numpy_simd", "X86_V3 X86_V4 AVX512_ICL")])
 def test_a_resume_under_other_kernels_warns_and_strict_refuses(doctored, capsys, monkeypatch,
                                                                key, other):
     out, edit = doctored
-    now = experiment.blas_kernels()[key]
+    now = experiment.numerics_settings()[key]
     edit(lambda n: n.__setitem__(key, other))
     before = snapshot(out)
     status, _, err = run_main(capsys, *TRAIN, "--strict-numerics", "--out", str(out))

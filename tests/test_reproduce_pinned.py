@@ -6,7 +6,10 @@ when somebody next fails to reproduce a committed table. The run is the paper-mn
 shrunk: `minievo evolve` with LeNet-5 on 512 synthetic digits (no network), two ancestor
 epochs, two generations of one epoch, in a subprocess with the kernels pinned the way
 README "Reproducing a committed table exactly" says: ``OPENBLAS_CORETYPE=Haswell``, one BLAS
-thread, ``--sparse-training off``.
+thread, ``--sparse-training off``, and NumPy's own loops at AVX2 (``NPY_DISABLE_CPU_FEATURES``
+turns off its AVX-512 targets, which sum in another order: measured here, turning off its
+AVX2 target instead changes generation 1 of a small paper-mnist run from 283,003 to 283,512
+synapses).
 
 Pinned for each generation 0-2: every table.json entry named below (synapse and cluster
 counts, efficiencies, densities, test accuracy, retention; the timings are left out) exactly,
@@ -96,12 +99,27 @@ PINNED = {
 }
 
 
+def _above_avx2() -> list[str]:
+    """NumPy's dispatched SIMD targets beyond AVX2 (X86_V3): its loops sum in another order
+    with AVX-512, so the pinned run turns those off and reads the same on any AVX2 CPU."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:
+        return []
+    if "X86_V3" not in __cpu_dispatch__:
+        return []
+    return list(__cpu_dispatch__[__cpu_dispatch__.index("X86_V3") + 1:])
+
+
+ABOVE_AVX2 = _above_avx2()
+
+
 def pinned_env() -> dict:
     """The environment of the pinned run: Haswell kernels, one thread, no minievo overrides."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MINIEVO_") or k == "MINIEVO_NATIVE_CACHE"}
     env.update(OPENBLAS_CORETYPE="Haswell", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", NPY_DISABLE_CPU_FEATURES=" ".join(ABOVE_AVX2),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return env
 
@@ -145,9 +163,10 @@ def differences(got: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pinned_run(tmp_path_factory):
-    probe = ("import json, numpy as np; from minievo.experiment import blas_kernels; "
-             "np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32); "
-             "print(json.dumps(dict(blas_kernels(), numpy=np.__version__)))")
+    probe = ("import json, numpy as np; from minievo.experiment import blas_kernels, "
+             "numpy_simd; np.ones((64, 64), np.float32) @ np.ones((64, 64), np.float32); "
+             "print(json.dumps(dict(blas_kernels(), numpy=np.__version__, "
+             "simd=numpy_simd())))")
     result = subprocess.run([sys.executable, "-c", probe], env=pinned_env(), cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     kernels = json.loads(result.stdout) if result.returncode == 0 else {}
@@ -155,6 +174,9 @@ def pinned_run(tmp_path_factory):
             "Haswell":
         pytest.skip("OpenBLAS cannot run its Haswell kernels here (OPENBLAS_CORETYPE=Haswell "
                     f"gave {kernels or result.stderr.strip()[-200:]})")
+    if kernels.get("simd") != "X86_V3":
+        pytest.skip(f"NumPy's loops cannot run at exactly AVX2 here (SIMD targets on: "
+                    f"{kernels.get('simd')})")
     out = tmp_path_factory.mktemp("pinned") / "run"
     run = subprocess.run([sys.executable, "-m", "minievo.cli", *EVOLVE, "--out", str(out)],
                          env=pinned_env(), cwd=ROOT, capture_output=True, text=True,
