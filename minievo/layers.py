@@ -41,18 +41,23 @@ class Ops:
     """The implementations of the ops the layers call, in one table.
 
     Each entry has the signature of the reference op it replaces (``conv2d(x, weight, bias,
-    stride, padding)``, ``linear(x, weight, bias)``, ``max_pool2d(x, kernel_size, stride)``)
-    and must compute the same function (values and gradients).
+    stride, padding)``, ``linear(x, weight, bias)``, ``max_pool2d(x, kernel_size, stride)``,
+    ``batch_norm2d(x, gamma, beta, running_mean, running_var, training, momentum, eps)``,
+    ``global_avg_pool2d(x)``) and must compute the same function (values and gradients). The
+    last two default to the reference ops.
     """
 
     name: str
     conv2d: Callable
     linear: Callable
     max_pool2d: Callable
+    batch_norm2d: Callable = F.batch_norm2d
+    global_avg_pool2d: Callable = F.global_avg_pool2d
 
 
 #: The reference table: the plain ops of minievo.functions, what the chapters teach.
-REFERENCE_OPS = Ops("reference", F.conv2d, F.linear, F.max_pool2d)
+REFERENCE_OPS = Ops("reference", F.conv2d, F.linear, F.max_pool2d, F.batch_norm2d,
+                    F.global_avg_pool2d)
 
 #: The table the layers call now.
 ops = REFERENCE_OPS
@@ -499,8 +504,8 @@ class BatchNorm2d(Module):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"{self!r} expects input of shape (N, {self.num_features}, H, W), "
                              f"got {x.shape}")
-        return F.batch_norm2d(x, self.weight, self.bias, self.running_mean, self.running_var,
-                              self.training, self.momentum, self.eps)
+        return ops.batch_norm2d(x, self.weight, self.bias, self.running_mean,
+                                self.running_var, self.training, self.momentum, self.eps)
 
     def output_shape(self, shape):
         if len(shape) != 3 or shape[0] != self.num_features:
@@ -578,7 +583,7 @@ class GlobalAvgPool2d(Module):
     """The mean of each channel over all pixels: (N, C, H, W) -> (N, C)."""
 
     def forward(self, x):
-        return F.global_avg_pool2d(x)
+        return ops.global_avg_pool2d(x)
 
     def output_shape(self, shape):
         if len(shape) != 3:

@@ -14,10 +14,13 @@ TensorBackend)::
 What the table swaps in, each tested equal to its reference (values and gradients):
 
 * :mod:`minievo.accel.conv`: im2col convolution with channels-last activations;
-* :mod:`minievo.accel.pool`: max pooling in two separable passes;
+* :mod:`minievo.accel.pool`: max pooling in two separable passes, and a global average pool
+  whose gradient stays channels-last;
+* :mod:`minievo.accel.norm`: batch normalisation on the channels-last (N*H*W, C) matrix;
 * :mod:`minievo.accel.sparse_train`: masked layers sparse enough train over their live synapses
   through the compiled kernel of :mod:`minievo.kernels.native` (built on first use; cost models
-  in :mod:`minievo.sparse.cpu`), otherwise the two above.
+  in :mod:`minievo.sparse.cpu`), otherwise the channels-last convolution above (linear
+  layers: the reference product).
 
 ``enable()`` also raises glibc's allocator thresholds once (:mod:`minievo.accel.malloc`), a
 process-wide setting that ``disable()`` does not undo. The ``minievo`` command enables the
@@ -29,11 +32,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from minievo import layers
-from minievo.accel import malloc, pool, sparse_train
+from minievo.accel import malloc, norm, pool, sparse_train
 
 #: The accelerator's op table (see :class:`minievo.layers.Ops`).
 OPS = layers.Ops("accel", conv2d=sparse_train.conv2d, linear=sparse_train.linear,
-                 max_pool2d=pool.max_pool2d)
+                 max_pool2d=pool.max_pool2d, batch_norm2d=norm.batch_norm2d,
+                 global_avg_pool2d=pool.global_avg_pool2d)
 
 
 def enable() -> None:

@@ -1,7 +1,8 @@
 """Fast max pooling: separable (two passes over strided views), channels-last friendly.
 
 The same function as :func:`minievo.functions.max_pool2d` (tested against it): y is the max
-of each k x k window, and the gradient goes to the first maximum in row-major order.
+of each k x k window, and the gradient goes to the first maximum in row-major order. Also the
+global average pool of a ResNet's head on channels-last memory (:func:`global_avg_pool2d`).
 """
 
 from __future__ import annotations
@@ -93,3 +94,33 @@ def max_pool2d(x, kernel_size: int = 2, stride: int | None = None):
     """:func:`minievo.functions.max_pool2d`, computed in two separable passes."""
     return MaxPool2d.apply(x, kernel_size=int(kernel_size),
                            stride=None if stride is None else int(stride))
+
+
+class GlobalAvgPool2dNHWC(Function):
+    """The mean of every channel over its pixels, on channels-last memory.
+
+    Forward: the reference's mean over (H, W) (as fast on either layout). Backward: the
+    gradient is written channels-last, so the layers below it receive it in the layout of
+    their own saved arrays, without a transposing copy (the reference fills an (N, C, H, W)
+    array).
+    """
+
+    def forward(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"global_avg_pool2d expects input of shape (N, C, H, W), got "
+                             f"{x.shape}")
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        n, c, h, w = self.x_shape
+        gx = xp.empty((n, h, w, c), dtype=gy.dtype)
+        gx[...] = (gy / (h * w))[:, None, None, :]
+        return gx.transpose(0, 3, 1, 2)
+
+
+def global_avg_pool2d(x):
+    """:func:`minievo.functions.global_avg_pool2d` on channels-last memory: (N, C, H, W) ->
+    (N, C), the same values; the input gradient comes back channels-last."""
+    return GlobalAvgPool2dNHWC.apply(x)
