@@ -578,7 +578,45 @@ def test_a_paced_lineage_killed_in_a_try_resumes_to_the_same_table(tmp_path, mon
     assert table(out) == table(ref)
 
 
+def test_a_pace_reference_of_several_generations_judges_every_try_against_their_mean(
+        tmp_path, no_plots):
+    # R = 2: generation 1 is judged against generation 0 alone, generation 2 and later
+    # against the mean of generations 0 and 1, each decision exactly so
+    cfg = paced_config(generations=3, target_retention=0.2, pace_margin=0.02,
+                       pace_reference=2)
+    out = tmp_path / "paced"
+    rows = run(cfg, out)
+    assert json.loads((out / "config.json").read_text())["config"]["pace_reference"] == 2
+    decided = 0
+    for g in range(1, len(rows) + 1):
+        ref = rows[0]["val_accuracy"] if g == 1 else (
+            rows[0]["val_accuracy"] + rows[1]["val_accuracy"]) / 2
+        for t in _tries(out, g):
+            accepted = t["val_accuracy"] >= ref - 0.02 - 1e-12
+            assert accepted == (g < len(rows) and t == {k: v for k, v in rows[g].items()
+                                                        if k not in ("pace_tries",
+                                                                     "pace_next_cut")})
+            decided += 1
+    assert decided >= 2
+
+
+def test_the_pace_reference_is_the_mean_of_the_first_generations():
+    from minievo.evolution.pace import reference
+
+    assert reference([0.99], 1) == 0.99
+    assert reference([0.99, 0.97, 0.5], 1) == 0.99
+    assert reference([0.99, 0.97, 0.5], 2) == pytest.approx(0.98)
+    assert reference([0.99, 0.97], 3) == pytest.approx(0.98)  # only those that exist yet
+    with pytest.raises(ValueError):
+        reference([], 1)
+
+
 @pytest.mark.parametrize("overrides,message", [
+    (dict(pace_reference=2), r"needs --pace-margin"),
+    (dict(pace_margin=0.003, val_fraction=0.1, target_retention=0.66, pace_reference=0),
+     r"--pace-reference 0: allowed"),
+    (dict(pace_margin=0.003, val_fraction=0.1, target_retention=0.66, pace_reference=2.5),
+     r"--pace-reference 2.5: allowed"),
     (dict(pace_margin=0.003, target_retention=0.66), r"needs a validation split"),
     (dict(pace_margin=0.003, val_fraction=0.1), r"set --target-retention below 1"),
     (dict(pace_margin=0.003, val_fraction=0.1, target_retention=1.0),

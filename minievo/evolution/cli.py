@@ -60,6 +60,9 @@ def add_commands(sub, add_common) -> None:
                         "after an offspring falls more than this below generation 0 on "
                         "validation (a fraction: 0.002 = 0.2 points) and grows back while it "
                         "holds; needs --val-fraction and --target-retention")
+    p.add_argument("--pace-reference", type=int,
+                   help="the validation pace's reference: the mean validation accuracy of "
+                        "the first N generations (default 1: generation 0 alone)")
     p.add_argument("--ancestor-path",
                    help="start from this trained ancestor (a `minievo train` checkpoint.npz)")
     p.add_argument("--lr", type=float)

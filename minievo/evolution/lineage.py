@@ -89,6 +89,9 @@ class EvolutionConfig:
     # generation; a number is the largest drop in validation accuracy (a fraction) that an
     # accepted offspring may show, and each generation's cut follows ValidationPace
     pace_margin: float | None = None
+    # the pace's reference: the mean validation accuracy of the first `pace_reference`
+    # generations (0, 1, ...) instead of generation 0's alone (evolution.pace.reference)
+    pace_reference: int = 1
     # a trained ancestor to start from (a `minievo train` checkpoint or a lineage model.npz)
     ancestor_path: str | None = None
     # data size (quick runs)
@@ -151,6 +154,7 @@ class EvolutionConfig:
                              f"{self.offspring_per_generation}) to choose them from")
         if self.pace_margin is not None:
             self._validate_pace()
+        self._validate_pace_reference()
         if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "
@@ -173,6 +177,15 @@ class EvolutionConfig:
                              "it cannot be combined with --offspring-per-generation or "
                              "--parents above 1")
         ValidationPace(1 - self.target_retention, self.pace_margin)  # checks the margin
+
+    def _validate_pace_reference(self) -> None:
+        r = self.pace_reference
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 10:
+            raise UsageError(f"--pace-reference {r!r}: allowed: a whole number of leading "
+                             "generations from 1 (generation 0 alone) to 10")
+        if r != 1 and self.pace_margin is None:
+            raise UsageError("--pace-reference sets the validation pace's reference: it needs "
+                             "--pace-margin")
 
     def _validate_numbers(self) -> None:
         """The training recipe and data sizes: each refusal names the flag, the value and the
@@ -427,6 +440,8 @@ class Lineage:
             del values["parents"]
         if values["pace_margin"] is None:
             del values["pace_margin"]
+        if values["pace_reference"] == 1:
+            del values["pace_reference"]
         for key in ("architecture", "data_signature"):  # the CLI's runs name their network
             if values[key] is None:
                 del values[key]
@@ -506,7 +521,9 @@ class Lineage:
         cfg = self.config
         pace = ValidationPace(1 - cfg.target_retention, cfg.pace_margin)
         cut = self.rows[-1].get("pace_next_cut", pace.first_cut)
-        val0 = self.rows[0]["val_accuracy"]
+        from minievo.evolution.pace import reference
+
+        val0 = reference([r["val_accuracy"] for r in self.rows], cfg.pace_reference)
         state = ancestor.state_dict()
         for attempt in range(64):  # the cut halves each time: min_cut ends it long before
             tdir = self._gen_dir(g) / f"try_{attempt}"
@@ -529,7 +546,8 @@ class Lineage:
             nxt = pace.after_rejection(cut)
             self.log(f"generation {g}, try {attempt}: validation accuracy "
                      f"{100 * row['val_accuracy']:.2f}% is {100 * drop:.2f} points below "
-                     f"generation 0 (margin {100 * cfg.pace_margin:.2f}); offspring rejected")
+                     f"the reference {100 * val0:.2f}% (margin {100 * cfg.pace_margin:.2f}); "
+                     "offspring rejected")
             if nxt is None:
                 self.log(f"validation pace: no offspring of generation {g} stayed within "
                          f"the margin down to a cut of {100 * cut:.1f}%; the lineage ends at "
