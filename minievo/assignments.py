@@ -18,30 +18,30 @@ install it with ``pip install -e "DIR[course]"`` into an environment of their ow
 marker file. The hidden tests (``tests/assignments_hidden``) stay in the instructor's
 checkout.
 
-``minievo assignments grade [DIR ...]`` runs the task tests in a separate ``pytest`` process
-that imports only the graded folder's ``minievo`` and prints a table of points and, for every
-failing test, the case, expected and got, and the chapter section to reread. Without ``DIR``
-it grades the student copy at or above the working folder, and refuses where there is none.
-``--hidden`` (instructor) adds the hidden tests; ``--json PATH`` writes one JSON record per
-folder. A task scores its points when every test marked with it (``@pytest.mark.task_2_1``)
-passes; a task whose tests stop at its own stub is "not implemented".
+``minievo assignments grade [DIR ...]`` grades with the verdict made outside the student's
+code (:mod:`minievo.grading`): the grader's own task tests run in the grader's process, and
+each task's function of the graded folder runs in a worker process of its own, with a time and
+a memory limit, that receives the test inputs and sends back plain arrays. It prints a table of
+points and, for every failing test, the case, expected and got, and the chapter section to
+reread. Without ``DIR`` it grades the student copy at or above the working folder, and refuses
+where there is none. ``--hidden`` (instructor) adds the hidden tests; ``--json PATH`` writes
+one JSON record per folder, ``--gradebook CSV`` one row per student, ``--feedback-dir DIR`` one
+file per student. A task scores its points when every test marked with it
+(``@pytest.mark.task_2_1``) passes; a task whose tests stop at its own stub is "not
+implemented"; a task whose worker loops, crashes or exits scores 0 with the reason.
 
     minievo assignments list
     minievo assignments new ~/minievo-coursework
     minievo assignments grade                                  # inside a student copy
-    minievo assignments grade class/* --hidden --json grades.jsonl   # instructor
+    minievo assignments grade class/* --hidden --json grades.jsonl \\
+        --gradebook grades.csv --feedback-dir feedback                # instructor
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -348,12 +348,14 @@ def _student_readme() -> str:
             minievo assignments grade                 # from this folder (or give its path)
             minievo assignments grade --task 2.1      # one task
 
-        The grader runs the task tests in `tests/assignments` with pytest against the
-        `minievo` package of this folder and lists every failing test: the case, what was
-        expected and what came back, and the section of the chapter to reread. A task scores
-        its points when all of its tests pass. Your instructor may grade with more tests
-        than these (hidden ones), so make the code right, not just the visible cases. Task
-        7.2 (CUDA) is graded on the CPU through the emulator and needs g++.
+        The grader runs the task tests of `tests/assignments`, each task's code of this
+        folder's `minievo` in a process of its own (with a time and a memory limit: an endless
+        loop costs that task only), and lists every failing test: the case, what was expected
+        and what came back, and the section of the chapter to reread. A task scores its
+        points when all of its tests pass. Your instructor grades with the reference's tests,
+        visible and hidden (more cases than these), so make the code right, not just the
+        visible cases. Task 7.2 (CUDA) is graded on the CPU through the emulator and needs
+        g++. The chapters cite the method as `docs/method.md#...`: it is in `docs/`.
 
         The tutorials run against your copy too, once the tasks they use are done:
 
@@ -414,11 +416,16 @@ STUDENT_REPLACEMENTS = {
 }
 
 
+#: The pages of ``docs/`` copied into a student copy: the chapters cite them.
+STUDENT_DOCS = ("method.md", "extending.md", "teaching.md")
+
+
 def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     """Write a student copy into ``dest``; returns a summary dict.
 
     ``dest`` becomes a standalone package: ``minievo/`` (every solution block replaced by its
     stub), ``data_loaders/``, the visible task tests ``tests/assignments/``, ``tutorials/``,
+    the pages the chapters cite (:data:`STUDENT_DOCS`, in ``docs/``),
     ``setup.cfg`` and ``pyproject.toml`` (so ``pip install -e DIR`` works without the
     reference), ``pytest.ini``, ``README.md`` and ``ASSIGNMENTS.md`` (the instructions) and the
     marker file :data:`COPY_MARKER`. The hidden tests (``tests/assignments_hidden``) stay with
@@ -438,7 +445,7 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
         if not force:
             raise AssignmentError(f"{dest} exists and is not empty; choose a new folder or pass "
                                   "--force to overwrite the copy there")
-        for name in ("minievo", "data_loaders", "tests", "tutorials"):
+        for name in ("minievo", "data_loaders", "tests", "tutorials", "docs"):
             if (dest / name).is_dir():
                 shutil.rmtree(dest / name)
     blocks = collect_blocks(pkg)
@@ -470,6 +477,11 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
     tutorials = root / "tutorials"
     if tutorials.is_dir():
         shutil.copytree(tutorials, dest / "tutorials", ignore=_IGNORE)
+    # The pages the chapters cite (docs/method.md#..., docs/extending.md, docs/teaching.md).
+    for name in STUDENT_DOCS:
+        if (root / "docs" / name).is_file():
+            (dest / "docs").mkdir(exist_ok=True)
+            shutil.copy2(root / "docs" / name, dest / "docs" / name)
     _copy_package_files(root, dest)
     (dest / "pytest.ini").write_text(_pytest_ini(), encoding="utf-8")
     (dest / "ASSIGNMENTS.md").write_text(_student_readme(), encoding="utf-8")
@@ -483,83 +495,8 @@ def new_assignment(dest, force: bool = False, pkg: Path | None = None) -> dict:
 # ----------------------------------------------------------------------------------------------
 # minievo assignments grade
 # ----------------------------------------------------------------------------------------------
-# The pytest plugin of a grading run. It is written to a temporary folder and loaded with
-# ``-p``, so it works whatever state the graded copy is in (even one that does not import).
-_PLUGIN = '''\
-"""Written by minievo.assignments.grade: records each test's task markers and outcome."""
-import importlib.util
-import json
-import os
-import re
-import sys
-
-_TASK = re.compile(r"^task_(\\d+)_(\\d+)$")
-_tests = {}
-_collect_errors = []
-
-
-def _last_line(text):
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def pytest_configure(config):
-    for line in json.loads(os.environ.get("MINIEVO_GRADE_MARKERS", "[]")):
-        config.addinivalue_line("markers", line)
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        tasks = set()
-        for mark in item.iter_markers():
-            m = _TASK.match(mark.name)
-            if m:
-                tasks.add(m.group(1) + "." + m.group(2))
-        _tests[item.nodeid] = {"tasks": sorted(tasks), "outcome": "not run", "error": None}
-
-
-def pytest_exception_interact(node, call, report):
-    record = _tests.get(node.nodeid)
-    if record is None or record["error"] is not None or call.excinfo is None:
-        return
-    exc = call.excinfo.value
-    record["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000],
-                       "not_implemented": isinstance(exc, NotImplementedError)}
-
-
-def pytest_runtest_logreport(report):
-    record = _tests.get(report.nodeid)
-    if record is None:
-        return
-    if report.failed:
-        record["outcome"] = "failed"
-        record.setdefault("report", _last_line(report.longreprtext))
-    elif report.skipped and record["outcome"] == "not run":
-        record["outcome"] = "skipped"
-    elif report.when == "call" and record["outcome"] == "not run":
-        record["outcome"] = "passed"
-
-
-def pytest_collectreport(report):
-    if report.failed:
-        text = report.longreprtext
-        where = [ln.lstrip("E").strip() for ln in text.splitlines() if 'File "' in ln]
-        message = _last_line(text).lstrip("E").strip()
-        if where:
-            message += " (" + where[-1] + ")"
-        _collect_errors.append({"nodeid": report.nodeid, "message": message})
-
-
-def pytest_sessionfinish(session, exitstatus):
-    for record in _tests.values():
-        text = record.pop("report", "")
-        if record["outcome"] == "failed" and record["error"] is None:
-            record["error"] = {"type": "failure", "message": text, "not_implemented": False}
-    mod = sys.modules.get("minievo")
-    with open(os.environ["MINIEVO_GRADE_REPORT"], "w") as f:
-        json.dump({"tests": _tests, "collect_errors": _collect_errors,
-                   "minievo_file": getattr(mod, "__file__", None)}, f)
-'''
+#: Statuses of a task whose worker was stopped (see :mod:`minievo.grading`).
+STOP_STATUSES = ("timeout", "memory", "crashed", "error")
 
 
 @dataclass
@@ -568,11 +505,17 @@ class TaskResult:
 
     Attributes:
         status: "passed", "failed", "not implemented", "blocked" (stopped at another task's
-            NotImplementedError), "no tests" or "error" (the tests could not be collected).
+            NotImplementedError), "no tests", or, when the task's worker was stopped,
+            "timeout", "memory", "crashed" or "error" (the package does not import, the
+            folder has none...).
         detail: one line: why the task did not pass.
         failures: every test of the task that did not pass, each ``{"test", "message"}``; the
             message of a task test gives the case, expected and got, and a hint.
         reread: the chapter section to read again.
+        log: for a stopped task, the end of what its worker printed (a crash's traceback).
+        sanitizer: the CUDA task: "address" when AddressSanitizer checked the kernel, "none"
+            when the kernel ran without it; "" when no kernel ran (and for the other tasks).
+        seconds: worker time the task used.
     """
 
     id: str
@@ -585,17 +528,25 @@ class TaskResult:
     detail: str = ""
     failures: list[dict] = field(default_factory=list)
     reread: str = ""
+    log: str = ""
+    sanitizer: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
 class GradeReport:
-    """All task results of one grading run."""
+    """All task results of one folder."""
 
     directory: str
     minievo_file: str | None
     results: list[TaskResult] = field(default_factory=list)
     collect_errors: list[dict] = field(default_factory=list)
     hidden: bool = False
+    error: str | None = None
+
+    @property
+    def student(self) -> str:
+        return Path(self.directory).name
 
     @property
     def earned(self) -> int:
@@ -607,54 +558,56 @@ class GradeReport:
 
     def as_dict(self) -> dict:
         """The machine-readable record of this copy (one line of ``--json``)."""
-        return {"student": Path(self.directory).name, "directory": self.directory,
+        return {"student": self.student, "directory": self.directory,
                 "minievo_file": self.minievo_file, "hidden_tests": self.hidden,
-                "earned": self.earned, "total": self.total,
+                "earned": self.earned, "total": self.total, "error": self.error,
                 "results": [asdict(r) for r in self.results],
                 "collect_errors": self.collect_errors}
 
 
 _NAMED_TASK = re.compile(r"\btask (\d+\.\d+)\b")
 
-
-def _test_name(nodeid: str) -> str:
-    """``tests/assignments/test_x.py::test_y[case]`` -> ``test_y[case]`` (hidden tests are
-    marked as such)."""
-    name = nodeid.split("::")[-1]
-    return f"{name} (hidden)" if "hidden" in nodeid.split("::")[0] else name
+#: The longest exception text kept in a failure (a compile log, a sanitizer report).
+MAX_MESSAGE = 8000
 
 
 def _failure_message(task: Task, record: dict) -> str:
     error = record["error"] or {"type": record["outcome"], "message": ""}
-    message = error["message"].strip()
+    message = str(error["message"]).strip()
     if error["type"] != "TaskFailure":
-        # Not one of the tests' own checks (an exception in the code under test, say):
-        # give the exception and where to read.
-        first = message.splitlines()[0][:300] if message else ""
-        message = f"{error['type']}: {first}\nhint: reread {task.reread}."
+        # Not one of the tests' own checks (an exception in the code under test, a stopped
+        # worker): the whole message (a compile log, a sanitizer report) and where to read.
+        message = f"{error['type']}: {message[:MAX_MESSAGE]}\nhint: reread {task.reread}."
     return message
 
 
-def _classify(task: Task, records: list[tuple[str, dict]], collect_errors: list[dict]
-              ) -> TaskResult:
+def _classify(task: Task, records: list[dict], stopped: dict | None = None) -> TaskResult:
+    """A task's result from its test records (see :class:`minievo.grading.TaskRun`)."""
     n = len(records)
-    passed = sum(1 for _, r in records if r["outcome"] == "passed")
+    passed = sum(1 for r in records if r["outcome"] == "passed")
     result = TaskResult(task.id, task.title, task.points, 0, "passed", n, passed,
                         reread=task.reread)
-    if n == 0:
-        result.status = "error" if collect_errors else "no tests"
-        result.detail = (f"the tests could not be collected: {collect_errors[0]['message']}"
-                         if collect_errors else f"no test is marked {task.marker}")
+    if stopped is not None:
+        result.status, result.detail = stopped["status"], stopped["detail"]
+        result.log = stopped.get("log", "")
+        result.failures = [{"test": r["test"], "message": _failure_message(task, r)}
+                           for r in records if r["outcome"] == "failed"]
         return result
-    if passed == n:
+    if n == 0:
+        result.status, result.detail = "no tests", f"no test is marked {task.marker}"
+        return result
+    ran = [r for r in records if r["outcome"] != "skipped"]
+    if ran and passed == len(ran):
         result.earned = task.points
         return result
-    failures = [(nodeid, r) for nodeid, r in records if r["outcome"] != "passed"]
-    not_impl = [(nodeid, r) for nodeid, r in failures
-                if r["error"] and r["error"].get("not_implemented")]
+    if not ran:
+        result.status, result.detail = "no tests", "every test of the task was skipped"
+        return result
+    failures = [r for r in ran if r["outcome"] != "passed"]
+    not_impl = [r for r in failures if r["error"] and r["error"].get("not_implemented")]
     if len(not_impl) == len(failures):
-        nodeid, record = not_impl[0]
-        others = [(m.group(1), r) for _, r in not_impl
+        record = not_impl[0]
+        others = [(m.group(1), r) for r in not_impl
                   if (m := _NAMED_TASK.search(r["error"]["message"])) and m.group(1) != task.id]
         if others:  # a test of this task went through another task's stub
             other, record = others[0]
@@ -665,118 +618,140 @@ def _classify(task: Task, records: list[tuple[str, dict]], collect_errors: list[
             result.status = "not implemented"
             result.detail = f"NotImplementedError: {record['error']['message']}"
         return result
-    failing = [(i, r) for i, r in failures if not (r["error"] or {}).get("not_implemented")]
-    result.status = "failed" if any(r["outcome"] == "failed" for _, r in failing) else \
-        failing[0][1]["outcome"]
-    result.failures = [{"test": _test_name(nodeid), "message": _failure_message(task, r)}
-                       for nodeid, r in failing]
-    result.detail = (f"{len(failing)} of {n} tests failed; reread {task.reread}")
+    failing = [r for r in failures if not (r["error"] or {}).get("not_implemented")]
+    result.status = "failed"
+    result.failures = [{"test": r["test"], "message": _failure_message(task, r)}
+                       for r in failing]
+    result.detail = f"{len(failing)} of {n} tests failed; reread {task.reread}"
     return result
 
 
-def _run_pytest(root: Path, test_dirs: list[Path], chosen: list[Task], timeout: float,
-                verbose: bool, tmp: Path) -> dict:
-    """Run the task tests of ``chosen`` in ``test_dirs`` against ``root``'s minievo; returns
-    what the plugin recorded."""
-    Path(tmp, "_minievo_grader.py").write_text(_PLUGIN, encoding="utf-8")
-    report_path = Path(tmp, "report.json")
-    env = dict(os.environ)
-    # Only the graded folder's minievo: it comes first on the path (and is the working
-    # directory, which ``python -m`` puts before PYTHONPATH), so it shadows an installed one;
-    # the report checks where minievo came from.
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(root), str(tmp)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["MINIEVO_GRADE_REPORT"] = str(report_path)
-    env["MINIEVO_GRADE_MARKERS"] = json.dumps(
-        [f"{t.marker}: task {t.id}, {t.title}" for t in TASKS])
-    env.setdefault("MPLBACKEND", "Agg")
-    cmd = [sys.executable, "-m", "pytest", *map(str, test_dirs), "-p", "_minievo_grader",
-           "-p", "no:cacheprovider", "--rootdir", str(root),
-           "-m", " or ".join(t.marker for t in chosen)]
-    cmd += ["-q", "--tb=short"] if verbose else ["-q", "--tb=no", "--no-header", "-rN"]
-    try:
-        proc = subprocess.run(cmd, cwd=root, env=env, timeout=timeout,
-                              stdout=None if verbose else subprocess.PIPE,
-                              stderr=None if verbose else subprocess.STDOUT, text=True)
-    except subprocess.TimeoutExpired as exc:
-        raise AssignmentError(f"the task tests did not finish within {timeout:.0f} s "
-                              "(an endless loop?)") from exc
-    if not report_path.exists():
-        tail = (proc.stdout or "")[-2000:]
-        raise AssignmentError(f"pytest stopped before grading (exit {proc.returncode}):\n"
-                              f"{tail}")
-    return json.loads(report_path.read_text())
+def _error_report(root: Path, chosen: list[Task], message: str, hidden: bool) -> GradeReport:
+    """The report of a folder that could not be graded at all: every task 0, with the reason."""
+    report = GradeReport(str(root), None, hidden=hidden, error=message)
+    for task in chosen:
+        report.results.append(TaskResult(task.id, task.title, task.points, 0, "error", 0, 0,
+                                         detail=message, reread=task.reread))
+    return report
 
 
-def grade(directory=None, tasks: list[str] | None = None, timeout: float = 900.0,
-          verbose: bool = False, hidden: bool = False) -> GradeReport:
-    """Run the task tests against a copy of minievo and score them.
+def visible_tests_dir() -> Path:
+    """The visible task tests the grader uses: those beside its own package (the
+    instructor's checkout, or the student copy the grader runs from), never the graded
+    folder's, which its student may have edited."""
+    return package_dir().parent / "tests" / "assignments"
+
+
+def _test_files(hidden: bool) -> list[tuple[Path, bool]]:
+    visible = visible_tests_dir()
+    if not visible.is_dir():
+        raise AssignmentError(f"no task tests in {visible}; grade from a source checkout of "
+                              "minievo or from a student copy")
+    files = [(p, False) for p in sorted(visible.glob("test_*.py"))]
+    if hidden:
+        hidden_dir = hidden_tests_dir()
+        if not hidden_dir.is_dir():
+            raise AssignmentError(f"--hidden needs the hidden tests ({hidden_dir}), which only "
+                                  "the instructor's checkout of minievo has")
+        files += [(p, True) for p in sorted(hidden_dir.glob("test_*.py"))]
+    return files
+
+
+def _check_sanitizer(chosen: list[Task], hidden: bool, allow_no_sanitizer: bool) -> bool:
+    """Whether the CUDA task must run under AddressSanitizer; refuses when it cannot."""
+    from minievo.grading import sanitizer_problem
+
+    cuda = [t for t in chosen if t.where.split(":")[0].endswith(".cu")]
+    if not cuda or not hidden or allow_no_sanitizer:
+        return False
+    problem = sanitizer_problem()
+    if problem:
+        raise AssignmentError(
+            f"--hidden grades task {cuda[0].id} (CUDA) under AddressSanitizer, which does not "
+            f"work here: {problem}; fix that, or pass --allow-no-sanitizer to grade the kernel "
+            "without it (an out-of-bounds read then goes unseen)")
+    return True
+
+
+def grade(directory=None, tasks: list[str] | None = None, timeout: float = 300.0,
+          verbose: bool = False, hidden: bool = False, memory_mb: int = 2048,
+          submission_timeout: float = 1800.0, allow_no_sanitizer: bool = False) -> GradeReport:
+    """Grade a copy of minievo: every task's tests, the student's code in worker processes.
+
+    The tests are the grader's (:func:`visible_tests_dir`, and with ``hidden`` the
+    instructor's); they run in this process against this process's minievo, with each task's
+    function sent to a worker that imports the graded folder's package (see
+    :mod:`minievo.grading`). Nothing of the graded folder is imported here.
 
     Args:
-        directory: a student copy (a folder holding ``minievo/`` and ``tests/assignments/``),
-            or a source checkout; None: the student copy at or above the working directory
-            (:func:`find_copy`), never the installed package.
+        directory: a student copy (a folder holding ``minievo/``), or a source checkout; None:
+            the student copy at or above the working directory (:func:`find_copy`), never the
+            installed package.
         tasks: task ids to grade (default all).
-        timeout: seconds before the pytest run is stopped.
-        verbose: let pytest print its own report too.
-        hidden: add the hidden tests of the instructor's checkout
-            (:func:`hidden_tests_dir`), which a student copy does not have.
+        timeout: seconds of worker time per task (its start, imports and calls).
+        verbose: print every test's outcome and the student's tracebacks to stderr.
+        hidden: add the hidden tests of the instructor's checkout (:func:`hidden_tests_dir`),
+            which a student copy does not have; then the CUDA task must run under
+            AddressSanitizer unless ``allow_no_sanitizer``.
+        memory_mb: memory limit of each task's worker, in MB.
+        submission_timeout: seconds of worker time for all tasks of the folder.
+        allow_no_sanitizer: with ``hidden``, grade the CUDA task even where AddressSanitizer
+            does not work.
 
     Raises:
-        AssignmentError: no student copy, no package or tests in the folder, no hidden tests
-            here, the tests imported minievo from somewhere else, or the run timed out.
+        AssignmentError: no student copy, no package in the folder, no tests beside the
+            grader, no hidden tests here, AddressSanitizer unavailable (see above), or a bad
+            limit.
     """
+    from minievo.grading import Limits, collect, grade_folder
+
     root = find_copy() if directory is None else Path(directory).resolve()
     if not (root / "minievo" / "__init__.py").is_file():
         raise AssignmentError(f"{root} holds no minievo package (minievo/__init__.py); "
                               "give the folder made by `minievo assignments new`")
-    tests = _find_tests_dir(root)
-    if not tests.is_dir():
-        raise AssignmentError(f"no task tests in {tests}; grade a student copy or a source "
-                              "checkout of minievo")
     chosen = [get_task(t) for t in tasks] if tasks else list(TASKS)
-    if importlib.util.find_spec("pytest") is None:
-        raise AssignmentError("grading runs the task tests with pytest, which is not "
-                              "installed: pip install pytest (or pip install -e '.[course]')")
-    hidden_src = hidden_tests_dir()
-    if hidden and not hidden_src.is_dir():
-        raise AssignmentError(f"--hidden needs the hidden tests ({hidden_src}), which only the "
-                              "instructor's checkout of minievo has")
-    with tempfile.TemporaryDirectory(prefix="minievo-grade-") as tmp:
-        test_dirs = [tests]
-        if hidden:
-            # A copy outside every checkout, so that no conftest.py of the instructor's tests
-            # is loaded and only the graded folder's minievo is importable.
-            shutil.copytree(hidden_src, Path(tmp, "hidden"), ignore=_IGNORE)
-            test_dirs.append(Path(tmp, "hidden"))
-        data = _run_pytest(root, test_dirs, chosen, timeout, verbose, Path(tmp))
-    imported = data.get("minievo_file")
-    if imported and Path(root / "minievo") not in Path(imported).resolve().parents:
-        raise AssignmentError(f"the tests imported minievo from {imported}, not from {root}; "
-                              "is a PYTHONPATH entry or an installed copy shadowing it?")
-    report = GradeReport(str(root), imported, collect_errors=data["collect_errors"],
-                         hidden=hidden)
-    for task in chosen:
-        records = [(nodeid, r) for nodeid, r in data["tests"].items() if task.id in r["tasks"]]
-        report.results.append(_classify(task, records, data["collect_errors"]))
+    try:
+        limits = Limits(task_s=timeout, submission_s=submission_timeout,
+                        memory_mb=memory_mb).check()
+    except ValueError as exc:
+        raise AssignmentError(str(exc)) from None
+    required = _check_sanitizer(chosen, hidden, allow_no_sanitizer)
+    cases, modules = collect(_test_files(hidden))
+    runs = grade_folder(root, chosen, cases, modules, limits, sanitize_required=required,
+                        verbose=verbose)
+    imported = next((r.minievo_file for r in runs if r.minievo_file), None)
+    report = GradeReport(str(root), imported, hidden=hidden)
+    problems = [r for r in runs if r.package_problem and r.stopped]
+    if problems:
+        report.error = problems[0].stopped["detail"]
+    for task, run in zip(chosen, runs):
+        result = _classify(task, run.tests, run.stopped)
+        result.sanitizer, result.seconds = run.sanitizer, round(run.seconds, 3)
+        report.results.append(result)
     return report
 
 
-def _indent(text: str, prefix: str, max_lines: int = 8) -> list[str]:
+def _indent(text: str, prefix: str, max_lines: int | None = 60) -> list[str]:
     lines = text.splitlines() or [""]
-    if len(lines) > max_lines:
-        lines = lines[: max_lines - 1] + ["..."]
+    if max_lines is not None and len(lines) > max_lines:
+        more = len(lines) - max_lines + 1
+        lines = lines[: max_lines - 1] + [f"... ({more} more lines: see --feedback-dir or "
+                                          "--json)"]
     return [prefix + line for line in lines]
 
 
-def format_report(report: GradeReport) -> str:
-    """The points table, then every test that did not pass, task by task: the case, expected
-    and got, and the section to reread."""
+def format_report(report: GradeReport, max_lines: int | None = 60) -> str:
+    """The points table, then every task that did not pass with each failing test: the case,
+    expected and got, and the section to reread (``max_lines`` per message; None: all)."""
     width = max(len(r.title) for r in report.results) if report.results else 10
     head = f"{'task':<5} {'title':<{width}}  {'tests':>6}  {'result':<16} {'points':>7}"
     hidden = " (with the hidden tests)" if report.hidden else ""
-    lines = [f"grading {report.directory}{hidden}",
-             f"(minievo imported from {report.minievo_file})", "", head, "-" * len(head)]
+    lines = [f"grading {report.directory}{hidden}"]
+    lines.append(f"(minievo imported from {report.minievo_file})" if report.minievo_file
+                 else "(the folder's minievo was not imported)")
+    if report.error:
+        lines.append(f"not graded: {report.error}")
+    lines += ["", head, "-" * len(head)]
     for r in report.results:
         tests = f"{r.passed}/{r.tests}"
         lines.append(f"{r.id:<5} {r.title:<{width}}  {tests:>6}  {r.status:<16} "
@@ -784,6 +759,9 @@ def format_report(report: GradeReport) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'total':<5} {'':<{width}}  {'':>6}  {'':<16} "
                  f"{report.earned:>3} / {report.total:<2}")
+    for r in (r for r in report.results if r.sanitizer):
+        state = "on" if r.sanitizer == "address" else "OFF (out-of-bounds reads go unseen)"
+        lines.append(f"task {r.id}: the kernel ran in the CPU emulator, AddressSanitizer {state}")
     details = [r for r in report.results if r.status != "passed"]
     if details:
         lines += ["", "not passed:"]
@@ -791,8 +769,40 @@ def format_report(report: GradeReport) -> str:
             lines.append(f"  {r.id}  {r.status}: {r.detail}")
             for failure in r.failures:
                 lines.append(f"    - {failure['test']}")
-                lines += _indent(failure["message"], "        ")
+                lines += _indent(failure["message"], "        ", max_lines)
+            if r.log:
+                lines.append("    the worker's last output:")
+                lines += _indent(r.log, "        ", max_lines)
     return "\n".join(lines)
+
+
+def write_gradebook(path, reports: list[GradeReport]) -> None:
+    """A CSV gradebook: one row per student, one column per task (its points), the total."""
+    import csv
+
+    tasks = [r.id for r in reports[0].results] if reports else []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["student", *tasks, "total", "out of", "note"])
+        for report in reports:
+            earned = {r.id: r.earned for r in report.results}
+            stopped = [f"{r.id} {r.status}" for r in report.results if r.status in STOP_STATUSES]
+            note = report.error or "; ".join(stopped)
+            out.writerow([report.student, *(earned.get(t, 0) for t in tasks), report.earned,
+                          report.total, note])
+
+
+def write_feedback(folder, reports: list[GradeReport]) -> list[Path]:
+    """One feedback file per student, ``FOLDER/<student>.txt``: the report with every message
+    in full (compile logs and sanitizer reports included)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for report in reports:
+        path = folder / f"{report.student}.txt"
+        path.write_text(format_report(report, max_lines=None) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def format_task_list() -> str:
@@ -825,13 +835,62 @@ def cmd_grade(args) -> int:
     folders = args.dir or [None]
     if len(set(map(str, folders))) != len(folders):
         raise AssignmentError("a folder is named twice")
-    reports = [grade(folder, tasks=args.task, timeout=args.timeout, verbose=args.verbose,
-                     hidden=args.hidden) for folder in folders]
-    print("\n\n".join(format_report(r) for r in reports))
+    names = [Path(f).resolve().name for f in folders if f is not None]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise AssignmentError(f"two folders are named {twice[0]!r}: the gradebook and the "
+                              "feedback files name each student by the folder's name")
+    options = dict(tasks=args.task, timeout=args.timeout, verbose=args.verbose,
+                   hidden=args.hidden, memory_mb=args.memory,
+                   submission_timeout=args.submission_timeout,
+                   allow_no_sanitizer=args.allow_no_sanitizer)
+    # A class (several folders, or a gradebook asked for): a folder that cannot be graded is
+    # recorded with its reason, and the others are graded.
+    klass = len(folders) > 1 or bool(args.gradebook) or bool(args.feedback_dir)
+    if klass:
+        chosen = [get_task(t) for t in args.task] if args.task else list(TASKS)
+        _check_sanitizer(chosen, args.hidden, args.allow_no_sanitizer)
+    reports = []
+    for folder in folders:
+        try:
+            reports.append(grade(folder, **options))
+        except AssignmentError as exc:
+            if not klass or folder is None or "holds no minievo package" not in str(exc):
+                raise
+            reports.append(_error_report(Path(folder).resolve(), chosen, str(exc), args.hidden))
+        print(format_report(reports[-1]) + ("\n" if len(folders) > 1 else ""), flush=True)
     if args.json:
         lines = "".join(json.dumps(r.as_dict()) + "\n" for r in reports)
         Path(args.json).write_text(lines, encoding="utf-8")
-    return 0 if all(r.earned == r.total for r in reports) else 1
+    if args.gradebook:
+        write_gradebook(args.gradebook, reports)
+    if args.feedback_dir:
+        write_feedback(args.feedback_dir, reports)
+    return 0 if all(r.earned == r.total and not r.error for r in reports) else 1
+
+
+def _positive(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 256:
+        raise argparse.ArgumentTypeError(f"expected at least 256 (MB), got {text!r}")
+    return value
 
 
 def add_commands(sub) -> None:
@@ -859,9 +918,22 @@ def add_commands(sub) -> None:
                    help="grade only this task (repeatable), e.g. --task 2.1")
     q.add_argument("--json", metavar="PATH",
                    help="also write the results as JSON Lines: one record per folder")
-    q.add_argument("--timeout", type=float, default=900.0,
-                   help="seconds before the test run is stopped (default 900)")
-    q.add_argument("-v", "--verbose", action="store_true", help="show pytest's own report")
+    q.add_argument("--gradebook", metavar="CSV",
+                   help="also write a gradebook: one row per student, one column per task, "
+                        "the total")
+    q.add_argument("--feedback-dir", metavar="DIR",
+                   help="also write one feedback file per student, DIR/<folder name>.txt")
+    q.add_argument("--timeout", type=_positive, default=300.0, metavar="S",
+                   help="seconds each task's worker may use (default 300)")
+    q.add_argument("--submission-timeout", type=_positive, default=1800.0, metavar="S",
+                   help="seconds all tasks of one folder may use (default 1800)")
+    q.add_argument("--memory", type=_positive_int, default=2048, metavar="MB",
+                   help="memory limit of each task's worker (default 2048)")
+    q.add_argument("--allow-no-sanitizer", action="store_true",
+                   help="with --hidden: grade the CUDA task even where AddressSanitizer does "
+                        "not work (otherwise the run is refused)")
+    q.add_argument("-v", "--verbose", action="store_true",
+                   help="print every test's outcome and the student's tracebacks")
     q.set_defaults(func=cmd_grade)
 
 

@@ -34,6 +34,18 @@ class TaskFailure(AssertionError):
         super().__init__(f"case: {case}\nexpected: {expected}\ngot: {got}\nhint: {self.hint}")
 
 
+#: The most characters of an exception's message a failure shows.
+MAX_MESSAGE = 8000
+
+
+def exception_text(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
+    """An exception's message, all of its lines, cut at ``limit`` characters (with a note)."""
+    text = str(exc).strip()
+    if len(text) > limit:
+        text = text[:limit] + f"\n... ({len(text) - limit} more characters)"
+    return text
+
+
 def describe(a, values: int = 4) -> str:
     """A short description of a result: ``None``, a number, or an array's shape, dtype and first
     values."""
@@ -64,15 +76,18 @@ class Check:
         raise TaskFailure(self.task, self.case, expected, got, hint)
 
     def call(self, fn, *args, hint: str = "", **kwargs):
-        """``fn(*args, **kwargs)``; an exception of the code under test becomes a failure."""
+        """``fn(*args, **kwargs)``; an exception of the code under test becomes a failure.
+
+        The failure shows the exception's whole message (up to :data:`MAX_MESSAGE`
+        characters): a compile log, a sanitizer report or a barrier message spans many lines.
+        """
         try:
             return fn(*args, **kwargs)
         except (NotImplementedError, TaskFailure):
             raise
         except Exception as exc:  # noqa: BLE001 - reported, with the case
             self.fail(f"{getattr(fn, '__name__', 'the call')} to return a result",
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
-                      hint)
+                      f"{type(exc).__name__}: {exception_text(exc)}", hint)
 
     def true(self, condition, expected: str, got: str, hint: str = "") -> None:
         if not bool(condition):
@@ -132,4 +147,5 @@ def numerical_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return g
 
 
-__all__ = ["Check", "TaskFailure", "describe", "numerical_grad"]
+__all__ = ["Check", "MAX_MESSAGE", "TaskFailure", "describe", "exception_text",
+           "numerical_grad"]

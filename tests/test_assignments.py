@@ -122,7 +122,8 @@ def test_grading_the_reference_gives_full_points_with_the_hidden_tests(tmp_path)
 def test_student_copy_holds_the_stubs_and_no_solution(student_copy):
     assert (student_copy / "tests" / "assignments" / "test_assignment_tasks.py").is_file()
     for name in ("pytest.ini", "ASSIGNMENTS.md", "README.md", "setup.cfg", "pyproject.toml",
-                 A.COPY_MARKER, "data_loaders/__init__.py", "minievo/kernels/cuda_emu.h"):
+                 A.COPY_MARKER, "data_loaders/__init__.py", "minievo/kernels/cuda_emu.h",
+                 "docs/method.md", "minievo/grading/worker.py"):
         assert (student_copy / name).is_file(), name
     assert not (student_copy / "tests" / "assignments_hidden").exists()
     hidden_names = {p.name for p in A.hidden_tests_dir().rglob("*.py")}

@@ -362,9 +362,10 @@ print("under no_grad: requires_grad =", z.requires_grad, ", creator =", z.creato
 # ## Exercises
 #
 # 1. **Task 2.1** (`minievo/functions/math.py`, `Mul.backward`) and **task 2.2**
-#    (`MatMul.backward`). Make a student copy with `minievo assignments new ~/coursework`,
-#    write the two methods there, and check them with
-#    `minievo assignments grade ~/coursework --task 2.1 --task 2.2`.
+#    (`MatMul.backward`). Write the two methods in your student copy (the folder your
+#    instructor handed out; `minievo assignments new` makes one, but only in the reference
+#    checkout, never inside a copy) and check them from inside it with
+#    `minievo assignments grade --task 2.1 --task 2.2`.
 # 2. **Task 2.3** (`minievo/autograd.py`, `sum_to`): sum a broadcast gradient back to a
 #    shape. Test idea: $\langle \mathrm{sum\_to}(g), v\rangle = \langle g,
 #    \mathrm{broadcast}(v)\rangle$ for every $v$ of the small shape.

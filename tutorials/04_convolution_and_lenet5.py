@@ -338,12 +338,14 @@ save(fig, "04_feature_maps.png")
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Task 4.1** (`minievo/functions/conv.py`, `im2col`): return the (N·OH·OW, kh·kw·C)
-#    patch matrix with columns ordered (i, j, c), channel fastest, and (OH, OW). A loop over
-#    the kernel offsets that fills column blocks is enough to pass; then try a single copy
-#    from a strided view (`numpy.lib.stride_tricks.as_strided`) and time the difference.
-# 2. **Task 4.2** (`col2im`): the adjoint. `dcols` has shape (N, OH, OW, kh, kw, C);
-#    return the (N, C, H, W) gradient. Check it with the inner-product identity above.
+# 1. **Task 4.1** (`minievo/functions/conv.py`, `im2col`): return the (N·OH·OW, C·kh·kw)
+#    patch matrix, rows ordered (n, oh, ow) and columns ordered (c, i, j) with j fastest
+#    (section 2: the order of `w.reshape(O, -1)`), and (OH, OW). A loop over the kernel
+#    offsets that fills column blocks is enough to pass; then try a single copy from a
+#    strided view (`numpy.lib.stride_tricks.as_strided`) and time the difference.
+# 2. **Task 4.2** (`col2im`): the adjoint. `dcols` has im2col's shape (N·OH·OW, C·kh·kw), so
+#    `dcols.reshape(N, OH, OW, C, kh, kw)` names its entries; return the (N, C, H, W)
+#    gradient. Check it with the inner-product identity above.
 # 3. Count the MACs of LeNet-5 by hand from the formula in section 1 and compare with
 #    `model_metrics`.
 # 4. Replace the 5x5 kernels by two stacked 3x3 convolutions. Same receptive field, fewer

@@ -333,9 +333,12 @@ for (name, layer), m in zip(prunable_layers(child), grandchild):
 #    strengths over the right axes for "kernel", "filter" and "neuron".
 # 2. **Task 5.2** (`_probability`): $e^{s/Z} - 1$ with $Z = s_{\text{ref}} / \ln 2$, where
 #    $s_{\text{ref}}$ is the layer's maximum (or a given reference, then capped at 1). Handle a
-#    layer with no live synapse (all zeros, no division by zero). Why does the library compute
-#    $2^{s / s_{\max}} - 1$ instead of `exp(s / Z) - 1`? (Hint: evaluate both at $s = s_{\max}$
-#    in float64 for a few random values.)
+#    layer with no live synapse (all zeros, no division by zero). With a given reference,
+#    cap $s / s_{\text{ref}}$ at 1 *before* exponentiating: the quantile references of
+#    chapters 6 and 8 sit far below the strongest synapses, and $e^{s/Z}$ overflows (a
+#    RuntimeWarning, which a test checks) once $s > 1024\, s_{\text{ref}}$. Why does the
+#    library compute $2^{s / s_{\max}} - 1$ instead of `exp(s / Z) - 1`? (Hint: evaluate both
+#    at $s = s_{\max}$ in float64 for a few random values.)
 # 3. Compare the "kernel" and "filter" granularities: with the same $F$, which removes more
 #    clusters, and which more synapses?
 # 4. The encoding normalises per layer, so every layer's strongest synapse gets $p = 1$. What

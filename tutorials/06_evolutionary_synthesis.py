@@ -324,8 +324,11 @@ save(fig, "06_kernel_masks.png")
 #
 # 1. **Task 6.1** (`minievo/evolution/synthesis.py`, `sample_layer_mask`): draw the clusters,
 #    then the synapses (`draw_clusters`, `draw_synapses`, in that order: the order of the
-#    random numbers is part of the specification), combine them with the ancestor's mask and
-#    return the mask in the right dtype.
+#    random numbers is part of the specification), spread the cluster draw over the synapses
+#    of each cluster with `encoding.to_synapses(kept_clusters)` (a cluster-shaped array
+#    broadcast to the weight's shape), combine it with the synapse draw and the ancestor's
+#    mask, and return the mask in the right dtype (`return_clusters=True`: the cluster draw
+#    too).
 # 2. **Task 6.2** (`minievo/evolution/environment.py`, `expected_offspring_synapses`):
 #    the formula of chapter 5, section 4. Remember the protected output layer.
 # 3. Replace `"inherit"` by `"reinit"` (fresh random weights, "trained like a newborn") in

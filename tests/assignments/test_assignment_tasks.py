@@ -447,6 +447,24 @@ def test_probability_with_a_quantile_reference_is_capped_at_one():
               rtol=1e-12)
 
 
+@pytest.mark.task_5_2
+def test_probability_with_a_tiny_reference_does_not_overflow():
+    import warnings
+
+    big_a = np.concatenate([[0.0, 0.1, 0.25], np.abs(_rng(6).normal(size=7)) * 2000.0 + 600.0])
+    ref = 0.5  # far below the strongest: s / s_ref reaches thousands
+    chk = Check("5.2", f"_probability of 10 strengths up to {big_a.max():.0f} with reference "
+                       f"{ref} (a quantile reference far below the maximum)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow RuntimeWarning fails the test
+        p = chk.call(encoding_mod._probability, big_a, ref,
+                     hint="Cap s / s_ref at 1 BEFORE exponentiating: exp(ln 2 * s / s_ref) "
+                          "overflows once s > 1024 s_ref.")
+    chk.close(p, np.minimum(np.exp2(np.minimum(big_a / ref, 1.0)) - 1, 1), "P",
+              "min(1, exp(s / Z) - 1): 1 for every strength at or above the reference.",
+              rtol=1e-12)
+
+
 # ----- task 6.1: sample_layer_mask ---------------------------------------------------------------
 def _encoding(weight_shape, granularity, seed, protect=False):
     """A GeneticEncoding built by hand (no encoding code involved)."""
@@ -668,7 +686,8 @@ def test_cuda_conv_kernel_matches_the_dense_convolution(case):
     source = CONV_SOURCE or kernel_path(gpu.CONV_FILE)
     kernel = chk.call(_emulated_conv, source, hint="The kernel must compile with g++ "
                       "-Wall -Wextra -Werror and cuda_emu.h; the message has the log.")
-    runs = [("emulated on the CPU (AddressSanitizer on)", kernel, lambda a: a)]
+    asan = "on" if getattr(kernel.module, "sanitizer", None) == "address" else "off"
+    runs = [(f"emulated on the CPU (AddressSanitizer {asan})", kernel, lambda a: a)]
     if backend.cupy_available():
         from minievo.kernels import get_kernel
 
