@@ -282,10 +282,14 @@ def read_deb_members(deb: Path, wanted: Mapping[str, str]) -> dict[str, bytes]:
             if len(head) < 60:
                 raise DataError(f"{deb.name}: no data.tar member in the package")
             name = head[:16].decode("ascii", "replace").strip().rstrip("/")
-            try:
-                size = int(head[48:58])
-            except ValueError:
-                raise DataError(f"{deb.name}: corrupt ar member header") from None
+            # The size is decimal digits padded with spaces: int() would also take "-5",
+            # "+5" or "1_0", and a negative size would seek backwards or read everything.
+            field = head[48:58].strip()
+            if not (field.isdigit() and head[58:60] == b"`\n"):
+                raise DataError(f"{deb.name}: corrupt ar member header (size "
+                                f"{field.decode('ascii', 'replace')!r}, allowed: decimal "
+                                "digits)")
+            size = int(field)
             if name.startswith("data.tar"):
                 body = f.read(size)
                 if len(body) < size:

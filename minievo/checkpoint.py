@@ -39,7 +39,13 @@ def current_umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
+
+    Raises:
+        OSError: as the system gives it, with ``filename`` set to ``path`` when the system
+            named no file (a full disk fails the write or the fsync of an open file, and
+            "No space left on device" alone would not say where).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,9 +56,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the user's umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            exc.filename = str(path)  # a system error (errno, strerror) that named no file
         raise
 
 
@@ -101,12 +109,13 @@ def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
 
 
 def load(path: str | os.PathLike, max_bytes: int | None = None,
-         expected: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+         expected: dict | None = None, finite: bool = False) -> tuple[dict[str, np.ndarray], dict]:
     """Load ``(arrays, meta)`` saved by :func:`save`.
 
     Every member's size, dtype and shape are checked before it is read: the members together
     may hold at most ``max_bytes`` (default :data:`MAX_BYTES`), and a member named in
-    ``expected`` (name -> shape) must have that shape.
+    ``expected`` (name -> shape) must have that shape. With ``finite``, every floating-point
+    array must hold finite numbers only (a model's starting weights, say).
 
     Raises:
         CheckpointError: when the file is missing, truncated, too large, not a minievo
@@ -150,4 +159,48 @@ def load(path: str | os.PathLike, max_bytes: int | None = None,
         if a.dtype.kind not in "biuf":
             raise CheckpointError(f"{path}: array {name!r} has dtype {a.dtype}; checkpoints "
                                   "hold real numbers only")
+        if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise CheckpointError(f"{path}: array {name!r} holds NaN or infinite values")
     return arrays, meta
+
+
+def has_live_path(model, input_shape: tuple) -> bool:
+    """Whether some output of ``model`` depends on its input through live synapses.
+
+    Args:
+        model: a minievo model (its masks say which synapses are live).
+        input_shape: one sample's shape, e.g. (1, 28, 28).
+    """
+    from minievo import graph  # noqa: PLC0415
+
+    return bool(np.asarray(graph.walk(model, tuple(input_shape)).output.live).any())
+
+
+def check_live_path(path: str | os.PathLike, model, input_shape: tuple) -> None:
+    """Refuse to train or resume a model through which no input reaches the output.
+
+    A model loaded from ``path`` whose masks leave no path from the input to any output (every
+    mask all zero, or one layer of a chain cut off completely) computes a constant: training
+    it moves only the biases that follow the cut, and it ends at the majority class's accuracy
+    with exit status 0. The walk (:func:`minievo.graph.walk`, one forward of a zero image)
+    says which outputs depend on the input.
+
+    Args:
+        path: the file the model's state came from (named in the error).
+        model: the loaded model.
+        input_shape: one sample's shape, e.g. (1, 28, 28).
+
+    Raises:
+        CheckpointError: when no output depends on the input (one line naming the file).
+    """
+    from minievo import graph  # noqa: PLC0415
+
+    structure = graph.walk(model, tuple(input_shape))
+    if not bool(np.asarray(structure.output.live).any()):
+        dead = [n.name for n in structure.prunable()
+                if getattr(n.layer, "mask", None) is not None
+                and not bool((to_numpy(n.layer.mask) != 0).any())]
+        where = (f"the masks of layers {', '.join(dead)} are all zero" if dead else
+                 "its masks leave no connected path")
+        raise CheckpointError(f"{path}: no live path from the input to the output ({where}); "
+                              "training it would learn only a constant")

@@ -63,6 +63,9 @@ def cmd_train(args) -> int:
         state = None
         if resume and ck.exists():
             state, _ = training.load_training_checkpoint(ck, model, opt)
+            from minievo.checkpoint import check_live_path  # noqa: PLC0415
+
+            check_live_path(ck, model, models.input_shape_for(cfg["model"], data_shape))
             if not (0 <= state.epoch <= cfg["epochs"] and 0 <= state.step_in_epoch < len(train)):
                 raise CheckpointError(
                     f"{ck}: fit_state epoch {state.epoch}, batch {state.step_in_epoch} lies "
@@ -277,6 +280,10 @@ def main(argv=None) -> int:
             os.environ["MINIEVO_STRICT_NUMERICS"] = "1"
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)
+        if hasattr(args, "no_accel"):  # the commands that train: their environment variables
+            from minievo.experiment import check_environment  # noqa: PLC0415
+
+            check_environment()
         if getattr(args, "no_accel", True) is False:  # commands that train: on by default
             import minievo.accel  # noqa: PLC0415
 

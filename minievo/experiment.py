@@ -23,6 +23,32 @@ TRAIN_DEFAULTS = {
 }
 
 
+def check_environment() -> None:
+    """Refuse bad values of the environment variables that change how a run computes.
+
+    ``$MINIEVO_SPARSE_THREADS`` (a whole number of threads) and
+    ``$MINIEVO_NATIVE_BUILD_TIMEOUT`` (seconds, a finite number > 0) are otherwise read only
+    deep inside the first compact forward or kernel build; the commands check them before a
+    run folder is written to.
+
+    Raises:
+        UsageError: one line naming the variable, its value and what is allowed.
+    """
+    from minievo.kernels import native  # noqa: PLC0415
+    from minievo.sparse import cpu  # noqa: PLC0415
+
+    for check in (cpu.threads_from_environment, native.build_timeout):
+        try:
+            check()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+#: The largest validation split: beyond it the network would train on fewer images than it is
+#: validated on.
+MAX_VAL_FRACTION = 0.5
+
+
 def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_train=None,
                  limit_test=None, val_fraction: float = 0.0, backend_name: str = "numpy",
                  augment: bool = False):
@@ -34,8 +60,10 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise UsageError(f"{flag} {value!r}: allowed: an integer >= 1")
-    if not (isinstance(val_fraction, int | float) and 0 <= val_fraction < 1):
-        raise UsageError(f"--val-fraction {val_fraction!r}: allowed: a number in [0, 1)")
+    if isinstance(val_fraction, bool) or not (isinstance(val_fraction, int | float)
+                                              and 0 <= val_fraction <= MAX_VAL_FRACTION):
+        raise UsageError(f"--val-fraction {val_fraction!r}: allowed: a number in "
+                         f"[0, {MAX_VAL_FRACTION:g}] (the rest trains)")
     x_train, y_train = dl.load_dataset(dataset, "train", data_dir=data_dir, n=limit_train)
     x_test, y_test = dl.load_dataset(dataset, "test", data_dir=data_dir, n=limit_test)
     info = dl.DATASETS[dl.dataset_name(dataset)]
@@ -44,10 +72,12 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
     if val_fraction:
         (x_train, y_train), (x_val, y_val) = dl.split_train_val(x_train, y_train, val_fraction,
                                                                 seed=seed)
-        if len(x_val) == 0 or len(x_train) == 0:
+        classes = len(info.classes)
+        if len(x_val) == 0 or len(x_train) < classes:
             raise UsageError(f"--val-fraction {val_fraction} of {len(x_train) + len(x_val)} "
                              f"training samples leaves {len(x_val)} for validation and "
-                             f"{len(x_train)} for training; each needs at least one")
+                             f"{len(x_train)} for training; validation needs at least one and "
+                             f"training at least {classes} (one per class)")
         val = dl.DataLoader(x_val, y_val, batch_size=1000, shuffle=False, normalize=norm,
                             backend=backend_name)
     train = dl.DataLoader(x_train, y_train, batch_size=batch_size, shuffle=True, seed=seed,
@@ -162,7 +192,8 @@ def numerics_settings() -> dict:
     """The settings that change a run's numbers without being part of its configuration:
     whether the accelerator runs (minievo.accel.enabled(); read here from the layers' op
     table, so that recording it imports nothing), its sparse training mode, whether the native
-    kernel may be used, the BLAS threads (a different summation order), and the BLAS kernels
+    kernel is usable (switched on and built: False when the NumPy paths stand in for it), the
+    BLAS threads (a different summation order), and the BLAS kernels
     (:func:`blas_kernels`: library, version, architecture). Recorded in the run's config.json
     with, for the reader only, the BLAS threads running and the CPU model (:data:`RECORD_ONLY`);
     a resume under other settings warns (``--strict-numerics`` /
@@ -178,7 +209,11 @@ def numerics_settings() -> dict:
         mode = sparse_train.get_mode()
     blas = next((os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                          "MKL_NUM_THREADS") if os.environ.get(k)), "default")
-    return {"accel": accel, "sparse_training": mode, "native": native.enabled(),
+    try:
+        usable = native.enabled() and native.available()
+    except ValueError:  # a bad $MINIEVO_NATIVE_BUILD_TIMEOUT (check_environment refuses it)
+        usable = False
+    return {"accel": accel, "sparse_training": mode, "native": usable,
             "blas_threads": blas, **blas_kernels(), "numpy_simd": numpy_simd(),
             "cpu": cpu_model()}
 

@@ -28,7 +28,7 @@ from minievo import backend
 from minievo import checkpoint as ckpt
 from minievo import functions as F
 from minievo.autograd import Tensor, no_grad
-from minievo.backend import get_array_module
+from minievo.backend import get_array_module, to_numpy
 
 
 class TrainingDiverged(RuntimeError):
@@ -177,12 +177,14 @@ def _loss(out, y, loader, checked: bool):
     return F.softmax_cross_entropy(out, y, check_labels=not checked), checked
 
 
-def evaluate(model, loader, progress: bool = False) -> dict:
+def evaluate(model, loader, progress: bool = False, per_image: bool = False) -> dict:
     """Mean loss and accuracy of ``model`` over ``loader`` (eval mode, no graph; on a GPU one
-    host read at the end)."""
+    host read at the end). ``per_image`` adds ``"correct"``: (n,) bool NumPy array, whether
+    each sample (in the loader's order) is classified right, from the same forward pass."""
     was_training = model.training
     model.eval()
     total = 0
+    hits = []
     sums = RunningSums()
     checked = False
     bar = ProgressBar(len(loader), "eval", enabled=progress)
@@ -192,6 +194,8 @@ def evaluate(model, loader, progress: bool = False) -> dict:
                 out = model(Tensor(x))
                 loss, checked = _loss(out, y, loader, checked)
                 sums.add(loss.data, out.data, y, i)
+                if per_image:
+                    hits.append(out.data.argmax(axis=1) == y)
                 total += len(y)
                 bar.update()
     finally:
@@ -200,7 +204,11 @@ def evaluate(model, loader, progress: bool = False) -> dict:
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     loss_sum, correct, _, _ = sums.read()
-    return {"loss": loss_sum / total, "accuracy": correct / total, "samples": total}
+    result = {"loss": loss_sum / total, "accuracy": correct / total, "samples": total}
+    if per_image:
+        xp = get_array_module(hits[0])
+        result["correct"] = to_numpy(xp.concatenate(hits)).astype(bool)
+    return result
 
 
 @dataclass

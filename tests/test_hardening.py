@@ -129,7 +129,7 @@ def test_catalogue_bad_train_flag(tmp_path, capsys, flags, needles):
 
 BAD_EVOLVE_FLAGS = [
     (["--val-fraction", "nan"], ["--val-fraction", "nan"]),
-    (["--val-fraction", "1"], ["--val-fraction", "1.0", "[0, 1)"]),
+    (["--val-fraction", "1"], ["--val-fraction", "1.0", "[0, 0.5]"]),
     (["--val-fraction", "-0.5"], ["--val-fraction", "-0.5"]),
     (["--val-fraction", "1e-9"], ["--val-fraction", "leaves 0 for validation"]),
     (["--limit-test", "0"], ["--limit-test", "0", ">= 1"]),

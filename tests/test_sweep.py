@@ -310,9 +310,10 @@ def test_the_report_summarises_each_lineage_with_its_pace(tmp_path):
     assert s0["val_chosen_0.3"]["loss_points"] == pytest.approx(0.5)
     assert s0["last_test_error"] == pytest.approx(1.5)
     md = (out / "aggregate.md").read_text()
-    assert "| 0 | 3 | early (validation pace or stopping rule) | 3.0x | 1.50% | 3, 3.0x, 0.50 " \
-           "| 6 | 3 |" in md
-    assert "| 1 | 1 | not yet | 1.5x | 1.00% | 1, 1.5x, 0.00 | 1 | 0 |" in md
+    # the last test error carries its binomial SE on the 200 test images the config implies
+    assert "| 0 | 3 | early (validation pace or stopping rule) | 3.0x | 1.50 ± 0.86% | " \
+           "3, 3.0x, 0.50 | 6 | 3 |" in md
+    assert "| 1 | 1 | not yet | 1.5x | 1.00 ± 0.70% | 1, 1.5x, 0.00 | 1 | 0 |" in md
 
 
 def test_an_ancestor_per_seed_is_named_by_a_seed_placeholder(tmp_path):

@@ -118,6 +118,11 @@ def test_evaluate_matches_a_manual_count_and_restores_the_mode(backend_name):
         [backend.to_numpy(a) for a in ys])
     pred = backend.to_numpy(training.predict(model, backend.to_backend(x, backend_name)))
     assert r["accuracy"] == pytest.approx(float((pred == y).mean()))
+    # per image, from the same pass: in the loader's order, on the host
+    per = training.evaluate(model, test, per_image=True)
+    assert isinstance(per["correct"], np.ndarray) and per["correct"].dtype == bool
+    np.testing.assert_array_equal(per["correct"], pred == y)
+    assert per["accuracy"] == r["accuracy"] and "correct" not in r
     model.eval()
     training.evaluate(model, test)
     assert not model.training

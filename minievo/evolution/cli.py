@@ -9,6 +9,9 @@ from minievo.evolution.lineage import PRESETS, EvolutionConfig, Lineage
 
 
 def add_commands(sub, add_common) -> None:
+    from minievo import validate
+    from minievo.evolution import sweep
+
     p = sub.add_parser(
         "evolve", help="run (or resume) an evolutionary synthesis lineage",
         description="Train an ancestor, then synthesise and train offspring generation by "
@@ -29,7 +32,10 @@ def add_commands(sub, add_common) -> None:
     p.add_argument("--f-s", type=float, help="environmental factor for synapses, in (0, 1]")
     p.add_argument("--target-retention", type=float,
                    help="choose F each generation so that this fraction of synapses is "
-                        "kept in expectation")
+                        "kept in expectation, in [0.01, 1] (a smaller target is refused: the "
+                        "environment model cannot honour it); under --retention-control "
+                        "quantile a target below what the literal normalisation keeps cannot "
+                        "be reached either, and a warning says what is kept instead")
     p.add_argument("--retention-control",
                    help="how --target-retention is met: factor (solve F_s) or quantile "
                         "(keep F, solve the normalisation quantile)")
@@ -49,7 +55,8 @@ def add_commands(sub, add_common) -> None:
                         "encoding combines the m fittest of the K offspring before it "
                         "(needs --offspring-per-generation >= m and --val-fraction)")
     p.add_argument("--val-fraction", type=float,
-                   help="validation split carved from the training set")
+                   help="validation split carved from the training set, in [0, 0.5]; at "
+                        "least one image per class must be left to train on")
     p.add_argument("--augment", action="store_const", const=True, default=None,
                    help="random crop (4-pixel padding) and horizontal flip of the training "
                         "batches, seeded (for CIFAR-style networks)")
@@ -91,15 +98,42 @@ def add_commands(sub, add_common) -> None:
     p.add_argument("--grid", default=None,
                    help="a JSON or TOML file with keys preset, seeds, base (options for all), "
                         "settings (a list of option tables) and grid (option -> values)")
-    p.add_argument("--workers", type=int, default=2,
-                   help="worker processes of the LocalCluster (default 2)")
+    p.add_argument("--workers", type=validate.int_range(1, sweep.MAX_WORKERS), default=2,
+                   help=f"worker processes of the LocalCluster (default 2, at most "
+                        f"{sweep.MAX_WORKERS} here: 4 per core, at most 64)")
     p.add_argument("--scheduler", default=None,
                    help="address of an existing Dask scheduler, e.g. tcp://HOST:8786 (its "
                         "workers must see --out at the same path)")
+    p.add_argument("--scheduler-timeout", type=validate.float_range(0, 3600, lo_open=True),
+                   default=10.0,
+                   help="seconds to reach --scheduler (default 10); a peer that accepts the "
+                        "connection and never answers is refused 5 s after this")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "recover", help="recovery training of a finished lineage's chosen generations",
+        description="Train a finished lineage's generations a few more epochs (masks fixed, "
+                    "learning rate falling linearly to zero) and measure them again: by "
+                    "default the operating points chosen on validation at 0.3 and 1.0 points "
+                    "(conservative rule) and the generations after them. Writes "
+                    "RUN/recovery/ (resumable).")
+    p.add_argument("run_dir")
+    p.add_argument("--epochs", type=int, default=3, help="recovery epochs per generation")
+    p.add_argument("--generations", default=None,
+                   help="comma list of generations (default: chosen on validation)")
+    p.add_argument("--beyond", type=int, default=2,
+                   help="generations after each chosen point also recovered (default 2)")
+    add_common(p)
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("report", help="render a run's tables and plots again")
     p.add_argument("run_dir")
+    p.add_argument("--recompute-predictions", action="store_true",
+                   help="evaluate each generation's saved model.npz on the test set and store "
+                        "its per-image correctness (test_correct.npy) where it is missing, for "
+                        "the bootstrap intervals of the test losses (needs the data set)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the data set is, for --recompute-predictions")
     p.set_defaults(func=cmd_report)
 
 
@@ -154,7 +188,11 @@ def spec_from_args(args) -> dict:
             base[key] = parts[0]
         else:
             grid[key] = parts
-    seeds = args.seeds if args.seeds is not None else data.get("seeds", [0])
+    if args.seeds is not None:
+        seeds = sweep.seed_list(args.seeds, "--seeds")
+    else:
+        seeds = sweep.seed_list(data.get("seeds", [0]), f"grid file {args.grid}: seeds"
+                                if "seeds" in data else "seeds")
     return sweep.make_spec(args.preset or data.get("preset", "paper-mnist"), seeds, base,
                            data.get("settings"), grid)
 
@@ -171,7 +209,8 @@ def cmd_sweep(args) -> int:
           flush=True)
     sweep.run_sweep(spec, args.out, workers=args.workers, scheduler=args.scheduler,
                     data_dir=args.data_dir, backend=args.backend,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True),
+                    scheduler_timeout=args.scheduler_timeout)
     print((Path(args.out) / "aggregate.md").read_text())
     print(f"wrote {args.out}/aggregate.csv, aggregate.json, aggregate.md, error_vs_synapses.png")
     return 0
@@ -188,6 +227,12 @@ def cmd_report(args) -> int:
 def _report(args) -> int:
     from minievo.evolution import report
 
+    if getattr(args, "recompute_predictions", False):
+        from minievo.evolution import stats
+
+        root = Path(args.run_dir)
+        for folder in sorted(p.parent for p in root.glob("**/lineage.json")):
+            stats.recompute_predictions(folder, data_dir=args.data_dir)
     if (Path(args.run_dir) / "sweep.json").exists():
         from minievo.evolution import sweep
 
@@ -198,6 +243,23 @@ def _report(args) -> int:
     paths = report.render(args.run_dir)
     print((paths[2]).read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_recover(args) -> int:
+    from minievo.evolution import recovery
+    from minievo.experiment import UsageError
+
+    gens = None
+    if args.generations is not None:
+        try:
+            gens = [int(t) for t in args.generations.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--generations {args.generations!r}: allowed: a comma list of "
+                             "whole numbers") from None
+    recovery.recover(args.run_dir, gens, epochs=args.epochs, beyond=args.beyond,
+                     backend=args.backend, data_dir=args.data_dir)
+    print((Path(args.run_dir) / "recovery" / "recovery.md").read_text())
     return 0
 
 

@@ -24,6 +24,14 @@ from dataclasses import dataclass
 from minievo.backend import get_array_module
 from minievo.evolution.encoding import GeneticEncoding
 
+#: The smallest ``target_retention`` a lineage accepts (``--target-retention``). Below it the
+#: environment model cannot honour the target: the sampled offspring keeps a handful of
+#: synapses or none (the draws are independent, so the count varies by about its square root),
+#: and under the quantile control even the literal normalisation keeps far more (about 16% of
+#: a trained LeNet-5; :class:`QuantileRetention` warns when a target lies below what it can
+#: reach).
+MIN_TARGET_RETENTION = 0.01
+
 
 def _check_unit_interval(name: str, value) -> float:
     try:
@@ -261,6 +269,13 @@ class QuantileRetention:
 
         r_max = retention(1.0)
         if r_max >= self.fraction:  # even the literal normalisation keeps enough
+            if r_max > self.fraction + max(self.tol, 0.01 * self.fraction):
+                warnings.warn(
+                    f"target retention {self.fraction} is out of reach of the quantile "
+                    f"control: the literal normalisation (q = 1) already keeps {r_max:.4f} of "
+                    "the synapses in expectation, and the offspring keeps that much; lower "
+                    "F (--f-s / --f-c) or use --retention-control factor to cut harder",
+                    RuntimeWarning, stacklevel=2)
             return 1.0, r_max
         lo, hi = 1e-6, 1.0  # R(lo) is the most any q can keep
         r_lo = retention(lo)

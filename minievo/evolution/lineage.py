@@ -16,6 +16,8 @@ run would. On disk (``out/``):
     generation0_init.npz   the ancestor's weights before training (for ``rewind``)
     gen_000/train.npz      training checkpoint of the generation under way (resumable)
     gen_000/model.npz      the finished generation's network, masks included
+    gen_000/test_correct.npy  which test images it classifies right (np.packbits; for the
+                           report's paired bootstrap, evolution.stats)
     lineage.json           one row per finished generation (written atomically)
     table.csv/.json/.md    the per-generation table; plots in *.png (see :mod:`.report`)
 """
@@ -31,6 +33,7 @@ import numpy as np
 
 from minievo import checkpoint as ckpt
 from minievo import init, models, training
+from minievo.evolution import stats
 from minievo.evolution.environment import (
     EnvironmentalFactor,
     QuantileRetention,
@@ -120,6 +123,13 @@ class EvolutionConfig:
                 raise UsageError(f"environmental factor {name} = {v} is outside (0, 1]")
         if self.target_retention is not None and not 0 < self.target_retention <= 1:
             raise UsageError(f"target retention {self.target_retention} is outside (0, 1]")
+        from minievo.evolution.environment import MIN_TARGET_RETENTION  # noqa: PLC0415
+
+        if self.target_retention is not None and self.target_retention < MIN_TARGET_RETENTION:
+            raise UsageError(f"--target-retention {self.target_retention!r}: allowed: a number "
+                             f"in [{MIN_TARGET_RETENTION:g}, 1] (the environment model cannot "
+                             f"honour a generation that keeps less than {MIN_TARGET_RETENTION:.0%}"
+                             " of the synapses in expectation)")
         if self.granularity not in CONV_GRANULARITIES:
             raise UsageError(f"unknown granularity {self.granularity!r}; choose one of: "
                              f"{', '.join(CONV_GRANULARITIES)}")
@@ -223,8 +233,10 @@ class EvolutionConfig:
             v = getattr(self, name)
             if v is not None and not (is_int(v) and v >= 1):
                 bad(name, "an integer >= 1")
-        if not (is_num(self.val_fraction) and 0 <= self.val_fraction < 1):
-            bad("val_fraction", "a number in [0, 1)")
+        from minievo.experiment import MAX_VAL_FRACTION  # noqa: PLC0415
+
+        if not (is_num(self.val_fraction) and 0 <= self.val_fraction <= MAX_VAL_FRACTION):
+            bad("val_fraction", f"a number in [0, {MAX_VAL_FRACTION:g}] (the rest trains)")
         if self.dataset is None or not isinstance(self.dataset, str):
             bad("dataset", "a data set name")
         if not isinstance(self.augment, bool):
@@ -360,6 +372,10 @@ class Lineage:
         _check_live(path, model)
         return model
 
+    def load_generation(self, g: int):
+        """Generation g of this run folder, as saved (``gen_GGG/model.npz``), checked."""
+        return self._load_model(self._gen_dir(g) / "model.npz")
+
     def _load_ancestor(self, path: Path):
         """A trained generation 0 from a `minievo train` checkpoint or a lineage model.npz."""
         arrays, meta = ckpt.load(path)
@@ -372,7 +388,7 @@ class Lineage:
             raise ckpt.CheckpointError(
                 f"{path}: this checkpoint does not fit model {self.config.model!r}: {exc}"
             ) from exc
-        _check_live(path, model)
+        ckpt.check_live_path(path, model, self.input_shape)
         return model
 
     def _save_model(self, model, path: Path, generation: int) -> None:
@@ -407,6 +423,7 @@ class Lineage:
         if not init_path.exists():
             init.manual_seed(cfg.seed)
             self._save_model(self._new_model(), init_path, -1)
+        self._load_model(init_path)  # a checkpoint's checks: model, names, shapes, finite
         self.gen0_state = ckpt.load(init_path)[0]
 
         if not self.rows:
@@ -619,7 +636,10 @@ class Lineage:
         ck = gdir / "train.npz"
         state = None
         if ck.exists():
+            alive = ckpt.has_live_path(model, self.input_shape)
             state, _ = training.load_training_checkpoint(ck, model, opt)
+            if alive:  # training never changes a mask: a cut path means a damaged file
+                ckpt.check_live_path(ck, model, self.input_shape)
             self.log(f"generation {g}: resuming training at epoch {state.epoch + 1}, "
                      f"batch {state.step_in_epoch}")
         if epochs > 0:
@@ -628,11 +648,12 @@ class Lineage:
                                  log=self.log, label=f"gen {g} ")
         seconds = state.train_seconds if state else 0.0
         t0 = time.perf_counter()
-        test_r = training.evaluate(model, test)
+        test_r = training.evaluate(model, test, per_image=True)
         row = {"generation": g}
         metrics = model_metrics(model, self.input_shape)
         # Generation 0 is its own reference (efficiency 1, also for a pruned ancestor_path).
         row.update(metrics.as_row(metrics if g == 0 else self._reference()))
+        row["parameters"] = stats.parameters_with_biases(model.state_dict())
         row["test_accuracy"] = test_r["accuracy"]
         row["test_images"] = int(test.num_samples)
         if val is not None:
@@ -640,6 +661,8 @@ class Lineage:
             row["val_images"] = int(val.num_samples)
         row["train_seconds"] = round(seconds, 2)
         row["eval_seconds"] = round(time.perf_counter() - t0, 2)
+        # per-image correctness on the test set, for the paired bootstrap of the report
+        stats.save_test_correct(gdir, test_r["correct"])
         row.update(info)
         self._save_model(model, gdir / "model.npz", g)
         if record:

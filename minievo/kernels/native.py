@@ -22,7 +22,8 @@ this user and writable by no one else, in a folder of the same kind, whose SHA-2
 one recorded next to it (``<name>.sha256``) when it was built. Anything else (a truncated or
 planted file, a missing record) is rebuilt, with a message on stderr. A build that takes more
 than ``$MINIEVO_NATIVE_BUILD_TIMEOUT`` seconds (default 60) is stopped, and the compact layers
-fall back to the NumPy paths, with a message.
+fall back to the NumPy paths, with a message. A value of that variable that is not a number of
+seconds in (0, 1e6) (``0``, ``-1``, ``abc``) is a ValueError naming it, not a quiet fallback.
 
 ctypes releases the GIL during the call, so :mod:`minievo.sparse.cpu` runs slices of the batch
 on a few Python threads at once.
@@ -134,16 +135,27 @@ def _cpu_identity() -> str:
     return "\n".join([platform.machine(), *keep])
 
 
+#: The longest build ``$MINIEVO_NATIVE_BUILD_TIMEOUT`` may allow, in seconds.
+MAX_BUILD_TIMEOUT = 1e6
+
+
 def build_timeout() -> float:
-    """Seconds a build may take (``$MINIEVO_NATIVE_BUILD_TIMEOUT``, default 60)."""
-    text = os.environ.get("MINIEVO_NATIVE_BUILD_TIMEOUT", "60")
+    """Seconds a build may take (``$MINIEVO_NATIVE_BUILD_TIMEOUT``, default 60).
+
+    Raises:
+        ValueError: when the variable is set to anything but a finite number of seconds in
+            (0, :data:`MAX_BUILD_TIMEOUT`) (one line naming it). A bad value is a mistake to
+            fix, not a reason to switch the kernel off quietly: :func:`load` passes the error
+            on instead of falling back to the NumPy paths.
+    """
+    text = os.environ.get("MINIEVO_NATIVE_BUILD_TIMEOUT", "").strip() or "60"
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < 1e6:
-        raise NativeUnavailable(f"MINIEVO_NATIVE_BUILD_TIMEOUT={text!r} is not a number of "
-                                "seconds in (0, 1e6)")
+    if not 0 < value < MAX_BUILD_TIMEOUT:  # also NaN and inf
+        raise ValueError(f"MINIEVO_NATIVE_BUILD_TIMEOUT={text!r}: allowed: a number of "
+                         f"seconds in (0, {MAX_BUILD_TIMEOUT:.0f})")
     return value
 
 
@@ -517,10 +529,17 @@ def _load() -> NativeKernel:
 def load() -> NativeKernel:
     """The compiled kernel (built and cached on first use); raises :class:`NativeUnavailable`
     with the reason when it is switched off or cannot be built. A failure is remembered, so
-    the compiler is tried once per process (see :func:`reset`)."""
+    the compiler is tried once per process (see :func:`reset`).
+
+    Raises:
+        NativeUnavailable: switched off, no compiler, a failed or timed-out build.
+        ValueError: ``$MINIEVO_NATIVE_BUILD_TIMEOUT`` is not a number of seconds
+            (:func:`build_timeout`); not remembered, so fixing it is enough.
+    """
     global _loaded
     if not enabled():
         raise NativeUnavailable("switched off by MINIEVO_NATIVE=0")
+    build_timeout()  # a bad setting is an error, whether or not a build is needed
     with _lock:
         if _loaded is None:
             try:
@@ -533,7 +552,8 @@ def load() -> NativeKernel:
 
 
 def available() -> bool:
-    """True when :func:`load` works."""
+    """True when :func:`load` works (ValueError, as there, for a bad
+    ``$MINIEVO_NATIVE_BUILD_TIMEOUT``)."""
     try:
         load()
     except NativeUnavailable:
@@ -547,6 +567,8 @@ def status() -> str:
         k = load()
     except NativeUnavailable as e:
         return f"unavailable ({e}); the compact layers use scipy.sparse instead"
+    except ValueError as e:
+        return f"unusable: {e}"
     return f"{k.path} (tile of {k.tile} images)"
 
 

@@ -94,13 +94,38 @@ _pool: ThreadPoolExecutor | None = None
 _num_threads: int | None = None
 
 
+#: The most threads ``$MINIEVO_SPARSE_THREADS`` may ask for (each holds a slice of the batch).
+MAX_THREADS = 1024
+
+
+def threads_from_environment() -> int | None:
+    """``$MINIEVO_SPARSE_THREADS`` as a number of threads, or None when it is unset or empty.
+
+    Raises:
+        ValueError: when it is not a whole number in [1, :data:`MAX_THREADS`] (one line naming
+            the variable, the value and what is allowed).
+    """
+    text = os.environ.get("MINIEVO_SPARSE_THREADS", "").strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_THREADS):
+        raise ValueError(f"MINIEVO_SPARSE_THREADS={text!r}: allowed: a whole number of threads "
+                         f"in [1, {MAX_THREADS}]")
+    return int(text)
+
+
 def get_num_threads() -> int:
     """Threads used by the csr products (default: $MINIEVO_SPARSE_THREADS or the CPU count, at
-    most 4)."""
+    most 4).
+
+    Raises:
+        ValueError: when $MINIEVO_SPARSE_THREADS is set to anything but a whole number in
+            [1, :data:`MAX_THREADS`].
+    """
     global _num_threads
     if _num_threads is None:
-        env = os.environ.get("MINIEVO_SPARSE_THREADS")
-        _num_threads = int(env) if env else min(4, os.cpu_count() or 1)
+        env = threads_from_environment()
+        _num_threads = env if env is not None else min(4, os.cpu_count() or 1)
     return max(1, _num_threads)
 
 

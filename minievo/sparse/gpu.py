@@ -219,7 +219,8 @@ def launch_linear(kernel, x, indptr, indices, values, bias, layout: str = "NF",
     Args:
         kernel: ``cupy.RawKernel`` or ``EmulatedKernel`` of ``csr_linear_forward``.
         x: (N, F) for layout 'NF', (F, N) for 'FN' (feature-major, the fast one on a GPU).
-        indptr (O+1,), indices (nnz,) int32; values (nnz,) float32; bias (O,) float32.
+        indptr, indices, values, bias: the CSR rows, indptr (O+1,) and indices (nnz,) int32,
+            values (nnz,) float32; the bias (O,) float32.
         layout: 'NF' or 'FN' for both x and the result.
         csr_checked: the CSR values were checked once already (skips :func:`csr_errors`).
 

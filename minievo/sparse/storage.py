@@ -319,6 +319,15 @@ def _check_meta(path, meta: dict, chain: bool) -> None:
                     "(out_index / out_static)")
 
 
+def _weight_shape(step) -> tuple:
+    """The dense weight shape of a compact layer, (O, C, kh, kw) or (O, F), from its
+    attributes alone (never :meth:`to_dense`, which would allocate it: a file may claim any
+    size)."""
+    if isinstance(step, CompactConv2d):
+        return (step.out_channels, step.in_channels, *step.kernel_size)
+    return (step.out_features, step.in_features)
+
+
 def _check_sources(path, sources: list, steps: list) -> None:
     """What expand() and the counts index with must lie inside the layer it describes."""
     for j, src in enumerate(sources):
@@ -329,6 +338,9 @@ def _check_sources(path, sources: list, steps: list) -> None:
             if arr.ndim != 1 or arr.dtype.kind not in "iu" or (
                     arr.size and (arr.min() < 0 or arr.max() >= bound)):
                 _fail(path, f"source {j} {name} must be integers in [0, {bound})")
+            if arr.size > bound:
+                _fail(path, f"source {j} {name} holds {arr.size} entries, more than the "
+                            f"{bound} of its layer")
         if src.residual_value.shape != src.residual_index.shape:
             _fail(path, f"source {j} residual_value does not match residual_index")
         if src.bias.shape != (o,):
@@ -339,10 +351,10 @@ def _check_sources(path, sources: list, steps: list) -> None:
             if not isinstance(step, kind):
                 _fail(path, f"source {j} points at step {src.step}, which is not a compact "
                             f"{src.kind} layer")
-            w = step.to_dense()[0]
+            have = _weight_shape(step)
             want = (src.kept_out.size, src.present_in.size, *src.shape[2:])
-            if w.shape != want:
-                _fail(path, f"source {j}: step {src.step} has weights {w.shape}, expected {want}")
+            if have != want:
+                _fail(path, f"source {j}: step {src.step} has weights {have}, expected {want}")
 
 
 # ----- building the steps, walking their shapes -----------------------------------------------
@@ -520,6 +532,9 @@ def load_compact(path, backend_name: str = "numpy") -> CompactModel:
         raise CheckpointError(f"{path}: malformed compact model metadata ({exc})") from exc
     except ValueError as exc:  # a layer's own checks, or conv_output_hw: empty output
         raise CheckpointError(f"{path}: inconsistent compact model ({exc})") from exc
+    except MemoryError as exc:  # a last resort: every size above is checked before use
+        raise CheckpointError(f"{path}: the model it describes does not fit in memory "
+                              f"({_one_line(exc)})") from None
     _check_sources(path, sources, steps)
     cm = CompactModel(
         steps=steps, input_shape=shapes[-1], sources=sources,

@@ -1,0 +1,232 @@
+"""Recovery training of a finished lineage's generations (issue 20, a lever on the curve).
+
+Pruning pipelines retrain the network after their last cut. A lineage here trains each
+offspring for ``offspring_epochs`` and moves on: its generations are reported as they leave
+that short training. Recovery gives chosen generations ``epochs`` more epochs with their masks
+fixed, on the lineage's own training split, with a learning rate that falls linearly from the
+lineage's base rate to zero (the annealing a pipeline's final fine-tuning does), then
+measures validation and test accuracy again. The synapses do not change.
+
+Which generations: by default, at each loss budget, the operating point the conservative
+rule picks on validation (:func:`minievo.evolution.stats.first_outside_minus_one`) and the
+``beyond`` generations after it: the question is whether recovery moves the curve, that is,
+whether a sparser generation comes back within the budget once recovered. The report then
+chooses again, on the recovered validation accuracies, with the same rule: every choice on
+validation, the test set only reports.
+
+Files, under ``<run>/recovery/`` (resumable: a finished generation is read back, an
+interrupted one resumes from its training checkpoint):
+
+* ``gen_GGG/model.npz``, ``gen_GGG/row.json``, ``gen_GGG/train.npz`` (while training);
+* ``recovery.json`` and ``recovery.md``: before and after, per generation and per budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from minievo import checkpoint as ckpt
+from minievo import training
+from minievo.evolution import stats
+from minievo.experiment import UsageError, make_loaders, make_optimizer
+from minievo.runlock import run_lock
+
+#: Loss budgets (points of accuracy) at which the operating points are chosen.
+BUDGETS = (0.3, 1.0)
+#: A shuffling stream apart from the lineage's own (which is ``seed * 100_003 + g``).
+SEED_OFFSET = 50_000
+
+
+class LinearDecayLR:
+    """lr = base_lr * (1 - iteration / total), falling to zero at ``total`` iterations.
+
+    Args:
+        optimizer: its ``lr`` is the base rate; ``iterations`` counts its updates.
+        total: the number of updates over which the rate reaches zero (>= 1).
+    """
+
+    def __init__(self, optimizer, total: int):
+        if total < 1:
+            raise ValueError(f"total must be >= 1 update, got {total}")
+        self.opt, self.base, self.total = optimizer, optimizer.lr, int(total)
+
+    def lr_at(self, iteration: int) -> float:
+        return self.base * max(0.0, 1.0 - iteration / self.total)
+
+    def step(self) -> None:
+        self.opt.lr = self.lr_at(self.opt.iterations)
+
+
+def _lineage(run: Path, backend: str, data_dir, log):
+    from minievo.evolution.lineage import EvolutionConfig, Lineage  # noqa: PLC0415
+
+    path = run / "lineage.json"
+    if not path.is_file():
+        raise UsageError(f"{run}: no lineage.json; recovery needs a finished minievo evolve "
+                         "run folder")
+    try:
+        record = json.loads(path.read_text())
+        config, rows = record["config"], record["rows"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ckpt.CheckpointError(f"{path}: not a readable lineage record ({exc!r})") from None
+    if not isinstance(config, dict) or not isinstance(rows, list) or not rows:
+        raise ckpt.CheckpointError(f"{path}: 'config' must be an object and 'rows' a "
+                                   "non-empty list")
+    if config.get("architecture") is not None:
+        raise UsageError(f"{run}: a lineage of your own network (minievo.api) is recovered "
+                         "from Python, where its model and data are; this command rebuilds "
+                         "the named models and datasets only")
+    known = {f.name for f in fields(EvolutionConfig)}
+    cfg = EvolutionConfig(**{k: v for k, v in config.items() if k in known})
+    if not 0 < cfg.val_fraction < 1:
+        raise UsageError(f"{run}: the lineage has no validation split, so recovery could "
+                         "choose its generations only on the test set; it is refused")
+    lin = Lineage(cfg, out=run, backend=backend, data_dir=data_dir, progress=False, log=log)
+    return lin, rows
+
+
+def choose(rows: list[dict], budgets=BUDGETS, beyond: int = 2) -> list[int]:
+    """The generations to recover: at each budget (points), the conservative rule's choice on
+    validation and up to ``beyond`` generations after it (never generation 0)."""
+    vals = [r["val_accuracy"] for r in rows]
+    chosen = set()
+    for b in budgets:
+        g = stats.first_outside_minus_one(vals, b / 100) or 0
+        chosen.update(range(max(g, 1), min(g + beyond, len(rows) - 1) + 1))
+    return sorted(chosen)
+
+
+def recover_generation(lin, g: int, epochs: int, folder: Path, log=print) -> dict:
+    """Train generation g of a lineage ``epochs`` more epochs (masks fixed, linear decay to
+    zero) and measure it again; resumable. Returns its row: generation, epochs, val and test
+    accuracy, seconds."""
+    cfg = lin.config
+    gdir = folder / f"gen_{g:03d}"
+    if (gdir / "row.json").is_file():
+        return json.loads((gdir / "row.json").read_text())
+    gdir.mkdir(parents=True, exist_ok=True)
+    model = lin.load_generation(g)
+    train, val, test = lin.loaders
+    train.seed = cfg.seed * 100_003 + SEED_OFFSET + g
+    opt, _ = make_optimizer(model, {"lr": cfg.lr, "momentum": cfg.momentum,
+                                    "weight_decay": cfg.weight_decay, "lr_policy": "fixed"})
+    sched = LinearDecayLR(opt, epochs * len(train))
+    ck = gdir / "train.npz"
+    state = None
+    if ck.exists():
+        state, _ = training.load_training_checkpoint(ck, model, opt)
+        log(f"recovery of generation {g}: resuming at epoch {state.epoch + 1}")
+    state = training.fit(model, train, opt, epochs, scheduler=sched, checkpoint_path=ck,
+                         state=state, progress=False, log=log, label=f"recover {g} ")
+    row = {"generation": g, "epochs": epochs,
+           "val_accuracy": training.evaluate(model, val)["accuracy"],
+           "test_accuracy": training.evaluate(model, test)["accuracy"],
+           "train_seconds": round(state.train_seconds, 2)}
+    ckpt.save(gdir / "model.npz", model.state_dict(), {"model": cfg.model, "generation": g,
+                                                       "recovery_epochs": epochs})
+    ckpt.atomic_write_text(gdir / "row.json", json.dumps(row))
+    ck.unlink(missing_ok=True)
+    return row
+
+
+def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS) -> dict:
+    """Before and after, at each budget: the generation the conservative rule picks on
+    validation from the lineage as run, and from the lineage with every recovered generation
+    in place of its original (the rest unchanged), with their synaptic efficiency and test
+    loss against generation 0 (points)."""
+    def point(table, b):
+        vals = [r["val_accuracy"] for r in table]
+        g = stats.first_outside_minus_one(vals, b / 100) or 0
+        r = table[g]
+        return {"generation": g, "synaptic_efficiency": rows[g]["synaptic_efficiency"],
+                "val_loss": round(100 * (table[0]["val_accuracy"] - r["val_accuracy"]), 4),
+                "test_loss": round(100 * (table[0]["test_accuracy"] - r["test_accuracy"]), 4),
+                "recovered": g in recovered}
+
+    after = [dict(r, **{k: recovered[g][k] for k in ("val_accuracy", "test_accuracy")})
+             if g in recovered else r for g, r in enumerate(rows)]
+    return {"budgets": {str(b): {"before": point(rows, b), "after": point(after, b)}
+                        for b in budgets},
+            "generations": [{"generation": g, "synapses": rows[g]["synapses"],
+                             "val_before": rows[g]["val_accuracy"],
+                             "val_after": recovered[g]["val_accuracy"],
+                             "test_before": rows[g]["test_accuracy"],
+                             "test_after": recovered[g]["test_accuracy"],
+                             "seconds": recovered[g]["train_seconds"]}
+                            for g in sorted(recovered)]}
+
+
+def markdown(summary: dict, epochs: int) -> str:
+    lines = [f"# Recovery training: {epochs} epoch(s), linear decay to zero, masks fixed", "",
+             "| generation | synapses | val before | val after | test before | test after |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in summary["generations"]:
+        lines.append(f"| {r['generation']} | {r['synapses']:,} | {100 * r['val_before']:.2f}% "
+                     f"| {100 * r['val_after']:.2f}% | {100 * r['test_before']:.2f}% | "
+                     f"{100 * r['test_after']:.2f}% |")
+    lines += ["", "Operating points, chosen on validation by the conservative rule (the "
+              "generation before the first one outside the budget); test loss against "
+              "generation 0 (not recovered), reported only:", "",
+              "| budget (points) | | generation | synaptic eff. | val loss | test loss |",
+              "|---:|---|---:|---:|---:|---:|"]
+    for b, ba in summary["budgets"].items():
+        for when in ("before", "after"):
+            p = ba[when]
+            lines.append(f"| {b} | {when} | {p['generation']} | "
+                         f"{p['synaptic_efficiency']:.1f}x | {p['val_loss']:.2f} | "
+                         f"{p['test_loss']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: str = "numpy",
+            data_dir=None, log=print) -> dict:
+    """Recovery training of a finished lineage (module docstring); returns the summary.
+
+    Args:
+        run: the lineage's folder (``minievo evolve --out``).
+        generations: the generations to recover (ints >= 1); None chooses them on
+            validation (:func:`choose`).
+        epochs: recovery epochs per generation, 1 to 50.
+        beyond: with ``generations=None``, how many generations after each chosen point are
+            recovered too.
+    """
+    run = Path(run)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 50:
+        raise UsageError(f"--epochs {epochs!r}: allowed: a whole number from 1 to 50")
+    if isinstance(beyond, bool) or not isinstance(beyond, int) or not 0 <= beyond <= 10:
+        raise UsageError(f"--beyond {beyond!r}: allowed: a whole number from 0 to 10")
+    lin, rows = _lineage(run, backend, data_dir, log)
+    if generations is None:
+        generations = choose(rows, beyond=beyond)
+    bad = [g for g in generations if isinstance(g, bool) or not isinstance(g, int)
+           or not 1 <= g < len(rows)]
+    if bad:
+        raise UsageError(f"--generations {bad}: allowed: generations 1 to {len(rows) - 1} of "
+                         f"{run}")
+    folder = run / "recovery"
+    folder.mkdir(exist_ok=True)
+    with run_lock(folder, "recover"):
+        cfg = lin.config
+        lin.loaders = make_loaders(cfg.dataset, cfg.batch_size, cfg.seed, lin.data_dir,
+                                   cfg.limit_train, cfg.limit_test, cfg.val_fraction,
+                                   lin.backend, augment=cfg.augment)
+        recovered = {}
+        for g in sorted(set(generations)):
+            t0 = time.perf_counter()
+            recovered[g] = recover_generation(lin, g, epochs, folder, log)
+            r = recovered[g]
+            log(f"recovery of generation {g}: validation {100 * rows[g]['val_accuracy']:.2f}%"
+                f" -> {100 * r['val_accuracy']:.2f}%, test {100 * rows[g]['test_accuracy']:.2f}%"
+                f" -> {100 * r['test_accuracy']:.2f}% ({time.perf_counter() - t0:.0f} s)")
+        summary = summarise(rows, recovered)
+        summary["epochs"] = epochs
+        ckpt.atomic_write_text(folder / "recovery.json", json.dumps(summary, indent=1))
+        ckpt.atomic_write_text(folder / "recovery.md", markdown(summary, epochs))
+    return summary
+
+
+__all__ = ["BUDGETS", "LinearDecayLR", "choose", "markdown", "recover", "recover_generation",
+           "summarise"]

@@ -1,0 +1,137 @@
+"""Recovery training of a finished lineage (minievo.evolution.recovery).
+
+Wrong implementations these tests catch: a recovery that lets masked synapses grow back; a
+rate that does not reach zero or starts elsewhere than the base rate; a resumed recovery that
+trains again (or differently) instead of reading its result back; a choice made on the test
+set; an "after" operating point that ignores a recovered generation coming back within the
+budget, or that keeps the unrecovered accuracy of a generation that was recovered.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from minievo import checkpoint as ckpt
+from minievo import models, optim
+from minievo.evolution import recovery, report
+from minievo.evolution.lineage import EvolutionConfig, Lineage
+from minievo.experiment import UsageError
+from minievo.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+
+
+def _tiny() -> Sequential:
+    return Sequential(Conv2d(1, 4, 5), MaxPool2d(2), ReLU(), Conv2d(4, 6, 5), MaxPool2d(2),
+                      ReLU(), Flatten(), Linear(96, 24), ReLU(), Linear(24, 10))
+
+
+@pytest.fixture()
+def lineage_dir(tmp_path, monkeypatch):
+    monkeypatch.setitem(models.MODELS, "tiny", _tiny)
+    monkeypatch.setitem(models.INPUT_SHAPES, "tiny", (1, 28, 28))
+    monkeypatch.setattr(report, "plot_lineage", lambda out, rows, masks=None: [])
+    cfg = EvolutionConfig(model="tiny", dataset="synthetic-digits", generations=3,
+                          ancestor_epochs=3, offspring_epochs=1, batch_size=32, lr=0.1,
+                          limit_train=200, limit_test=100, val_fraction=0.2,
+                          synapse_quantile=0.7, cluster_quantile=0.7)
+    out = tmp_path / "run"
+    Lineage(cfg, out, progress=False, log=lambda line: None).run()
+    return out
+
+
+def test_the_rate_falls_linearly_from_the_base_rate_to_zero():
+    opt = optim.SGD(Linear(2, 2).parameters(), lr=0.2)
+    sched = recovery.LinearDecayLR(opt, total=4)
+    assert [sched.lr_at(i) for i in range(6)] == pytest.approx([0.2, 0.15, 0.1, 0.05, 0, 0])
+    with pytest.raises(ValueError):
+        recovery.LinearDecayLR(opt, total=0)
+
+
+def test_recovery_keeps_the_masks_and_resumes_by_reading_its_results_back(lineage_dir):
+    logs = []
+    first = recovery.recover(lineage_dir, [2, 3], epochs=2, log=logs.append)
+    rows = json.loads((lineage_dir / "lineage.json").read_text())["rows"]
+    assert [r["generation"] for r in first["generations"]] == [2, 3]
+    for r in first["generations"]:
+        g = r["generation"]
+        before, _ = ckpt.load(lineage_dir / f"gen_{g:03d}" / "model.npz")
+        after, meta = ckpt.load(lineage_dir / "recovery" / f"gen_{g:03d}" / "model.npz")
+        assert meta["recovery_epochs"] == 2
+        changed = False
+        for k, v in before.items():
+            if k.endswith("mask"):
+                np.testing.assert_array_equal(after[k], v, err_msg=k)
+                w = after[k[: -len("mask")] + "weight"]
+                assert not (w[v == 0] != 0).any(), f"{k}: a masked synapse grew back"
+            elif k.endswith("weight"):
+                changed |= not np.array_equal(after[k], v)
+        assert changed, "recovery trained nothing"
+        assert r["synapses"] == rows[g]["synapses"]
+        assert r["val_before"] == rows[g]["val_accuracy"]
+        assert 0 <= r["val_after"] <= 1 and 0 <= r["test_after"] <= 1
+        assert not (lineage_dir / "recovery" / f"gen_{g:03d}" / "train.npz").exists()
+    assert (lineage_dir / "recovery" / "recovery.md").read_text().startswith("# Recovery")
+    # a second call reads every finished generation back: same numbers, no training
+    calls = []
+    again = recovery.recover(lineage_dir, [2, 3], epochs=2,
+                             log=lambda line: calls.append(line))
+    assert again == first
+    assert not any("resuming" in line for line in calls)
+
+
+def test_recovery_is_refused_without_a_validation_split_or_with_bad_arguments(lineage_dir,
+                                                                             tmp_path):
+    with pytest.raises(UsageError, match="--epochs 0"):
+        recovery.recover(lineage_dir, [1], epochs=0)
+    with pytest.raises(UsageError, match=r"--generations \[9\]"):
+        recovery.recover(lineage_dir, [9], epochs=1)
+    with pytest.raises(UsageError, match="no lineage.json"):
+        recovery.recover(tmp_path / "nothing", None)
+    record = json.loads((lineage_dir / "lineage.json").read_text())
+    record["config"]["val_fraction"] = 0.0
+    (lineage_dir / "lineage.json").write_text(json.dumps(record))
+    with pytest.raises(UsageError, match="no validation split"):
+        recovery.recover(lineage_dir, [1], epochs=1)
+
+
+def _rows(vals, tests):
+    return [{"generation": g, "val_accuracy": v, "test_accuracy": t, "synapses": 1000 >> g,
+             "synaptic_efficiency": float(2 ** g)} for g, (v, t) in enumerate(zip(vals, tests))]
+
+
+def test_the_generations_chosen_are_the_conservative_points_and_those_after_them():
+    # validation: generation 2 is the first more than 0.3 points below generation 0
+    rows = _rows([0.99, 0.989, 0.985, 0.988, 0.97, 0.96], [0.99] * 6)
+    assert recovery.choose(rows, budgets=(0.3,), beyond=2) == [1, 2, 3]
+    # at 1.0 points generation 4 is the first outside: 3, then 4 and 5
+    assert recovery.choose(rows, budgets=(0.3, 1.0), beyond=2) == [1, 2, 3, 4, 5]
+    # the test set plays no part: other test accuracies, same choice
+    other = _rows([0.99, 0.989, 0.985, 0.988, 0.97, 0.96], [0.5, 0.9, 0.1, 0.2, 0.3, 0.4])
+    assert recovery.choose(other, budgets=(0.3, 1.0)) == recovery.choose(rows)
+
+
+def test_a_recovered_generation_back_within_the_budget_moves_the_operating_point():
+    rows = _rows([0.99, 0.989, 0.985, 0.97], [0.991, 0.988, 0.984, 0.972])
+    recovered = {2: {"val_accuracy": 0.988, "test_accuracy": 0.987, "train_seconds": 1.0},
+                 3: {"val_accuracy": 0.975, "test_accuracy": 0.976, "train_seconds": 1.0}}
+    s = recovery.summarise(rows, recovered, budgets=(0.3,))
+    before, after = s["budgets"]["0.3"]["before"], s["budgets"]["0.3"]["after"]
+    assert before["generation"] == 1 and not before["recovered"]
+    assert before["test_loss"] == pytest.approx(0.3)
+    # generation 2, recovered, is within 0.3 points on validation; generation 3 is not
+    assert after["generation"] == 2 and after["recovered"]
+    assert after["val_loss"] == pytest.approx(0.2) and after["test_loss"] == pytest.approx(0.4)
+    assert after["synaptic_efficiency"] == 4.0
+    assert [g["generation"] for g in s["generations"]] == [2, 3]
+
+
+def test_the_command_line_recovers_and_prints_the_table(lineage_dir, capsys):
+    from minievo import cli
+
+    assert cli.main(["recover", str(lineage_dir), "--generations", "1", "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 1 |" in printed and "Operating points" in printed
+    assert cli.main(["recover", str(lineage_dir), "--generations", "x"]) == 2
+    assert "--generations 'x'" in capsys.readouterr().err
