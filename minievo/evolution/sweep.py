@@ -1048,9 +1048,9 @@ def _csv(report: dict) -> str:
 
 
 # Published operating points of other methods on LeNet-5-Caffe / MNIST (test error after, in
-# %, and the factor of fewer weights), as stated in docs/method.md#comparisons and
-# /work/shared/METHOD.md section 6; not re-run here. The two-parent synthesis result (~3% at
-# 258x) is left out: its architecture is not checked there.
+# %, and the factor of fewer weights), as stated in docs/method.md#comparisons; not re-run
+# here. The two-parent synthesis result (~3% at 258x) is left out: its architecture is not
+# checked there.
 PUBLISHED = (("iterative magnitude pruning, arXiv:1506.02626", 0.77, 12),
              ("dynamic network surgery, arXiv:1608.04493", 0.91, 108),
              ("SNIP, arXiv:1810.02340", 1.1, 100),
