@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -125,6 +126,13 @@ def load(path: str | os.PathLike, max_bytes: int | None = None,
     limit = MAX_BYTES if max_bytes is None else int(max_bytes)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    # Only a regular file: zipfile would read a FIFO until a writer comes (a hang) and
+    # /dev/zero until memory runs out, looking for the end of an archive.
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path}: not a regular file (a checkpoint is a .npz file)")
+    if path.stat().st_size > limit + (64 << 20):
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than a checkpoint "
+                              f"may hold (limit {limit} bytes of arrays)")
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()

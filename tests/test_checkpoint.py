@@ -126,3 +126,25 @@ def test_atomic_write_text_round_trip(tmp_path):
     ckpt.atomic_write_text(path, "héllo\n")
     assert path.read_text(encoding="utf-8") == "héllo\n"
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    # /dev/zero would be read until memory runs out and a FIFO would block for ever
+    zero = tmp_path / "model.npz"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):
+        ckpt.load(zero)
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):
+        ckpt.load(fifo)
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):
+        ckpt.load(tmp_path)  # a folder
+
+
+def test_a_file_far_larger_than_the_limit_is_refused_before_it_is_read(tmp_path):
+    big = tmp_path / "big.npz"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MiB of nothing
+    with pytest.raises(ckpt.CheckpointError, match="more than a checkpoint may hold"):
+        ckpt.load(big, max_bytes=1 << 20)
