@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -287,8 +288,11 @@ def check_run_dir(out: Path, config: dict, kind: str) -> bool:
                                  f"{kind} run; choose another --out")
         return False
     try:
+        info = cfg_path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+            raise ValueError("not a regular file of at most 1 MiB")  # a FIFO, /dev/zero, ...
         old = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UsageError(f"{cfg_path}: not a readable run configuration ({exc}); use another "
                          "--out or delete it") from None
     if not isinstance(old, dict) or not isinstance(old.get("config"), dict):

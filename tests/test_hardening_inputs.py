@@ -486,3 +486,21 @@ def test_a_full_disk_names_the_file(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "m.npz").exists()
     checkpoint.save(tmp_path / "m.npz", {"w": np.zeros(3)})  # the disk "has room" again
     assert checkpoint.load(tmp_path / "m.npz")[0]["w"].shape == (3,)
+
+
+@pytest.mark.parametrize("name", ["lineage.json", "config.json"])
+def test_a_resumed_run_whose_record_is_a_fifo_or_dev_zero_is_refused_at_once(tmp_path, name):
+    """Resuming reads config.json and lineage.json: neither may block (a FIFO) or fill memory
+    (/dev/zero); each is refused in one line naming it."""
+    from minievo.evolution.lineage import Lineage
+
+    cfg = EvolutionConfig(dataset="synthetic-digits", generations=0, ancestor_epochs=1,
+                          offspring_epochs=1, limit_train=64, limit_test=50)
+    out = tmp_path / "evo"
+    Lineage(cfg, out, progress=False, log=lambda line: None).run()
+    for make in (lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero")):
+        (out / name).unlink()
+        make(out / name)
+        with pytest.raises((CheckpointError, UsageError)) as info:
+            Lineage(cfg, out, progress=False, log=lambda line: None).run()
+        one_line(info, name)

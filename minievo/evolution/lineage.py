@@ -332,17 +332,13 @@ class Lineage:
             {"config": asdict(self.config), "rows": self.rows}, indent=1))
 
     def _load_rows(self) -> list:
+        from minievo.evolution import records  # noqa: PLC0415
+
         p = self.out / "lineage.json"
-        if not p.exists():
+        if not p.exists() and not p.is_symlink():
             return []
-        try:
-            rows = json.loads(p.read_text())["rows"]
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            raise ckpt.CheckpointError(f"{p}: not a readable lineage record ({exc!r})") from None
-        if not isinstance(rows, list) or not all(
-                isinstance(r, dict) and r.get("generation") == g for g, r in enumerate(rows)):
-            raise ckpt.CheckpointError(f"{p}: 'rows' must be one object per generation, "
-                                       "numbered 0, 1, 2, ...")
+        # bounded, regular file only, every field in range (evolution.records)
+        rows = records.read_lineage(p)
         if rows and not (self._gen_dir(len(rows) - 1) / "model.npz").exists():
             raise ckpt.CheckpointError(f"{p}: records generation {len(rows) - 1}, but "
                                        f"{self._gen_dir(len(rows) - 1) / 'model.npz'} is missing")
@@ -474,7 +470,7 @@ class Lineage:
             return None
         scored = []
         for k in range(cfg.offspring_per_generation):
-            row = json.loads((self._gen_dir(g - 1, k) / "row.json").read_text())
+            row = self._read_row(self._gen_dir(g - 1, k) / "row.json")
             scored.append((-row["val_accuracy"], k))
         return [self._load_model(self._gen_dir(g - 1, k) / "model.npz")
                 for _, k in sorted(scored)[: cfg.parents]]
@@ -575,13 +571,13 @@ class Lineage:
 
     @staticmethod
     def _read_row(path: Path) -> dict:
-        try:
-            row = json.loads(path.read_text())
-            if not isinstance(row.get("test_accuracy"), int | float):
-                raise KeyError("test_accuracy")
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
-                AttributeError) as exc:
-            raise ckpt.CheckpointError(f"{path}: not a readable result row ({exc!r})") from None
+        from minievo.evolution import records  # noqa: PLC0415
+
+        row = records.load_json(path, 1 << 20, "result row")
+        if not isinstance(row, dict) or not isinstance(row.get("test_accuracy"), int | float):
+            raise ckpt.CheckpointError(f"{path}: not a readable result row (an object with a "
+                                       "test_accuracy)")
+        records.validate_rows([{**row, "generation": 0}], path)
         return row
 
     def _synthesise(self, ancestor, ancestor_state, g: int, k: int, encoder=None,
