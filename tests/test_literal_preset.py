@@ -111,8 +111,8 @@ def test_the_literal_preset_keeps_about_a_sixth_of_a_trained_lenet5(tmp_path):
 
 def test_the_paced_preset_is_the_committed_pace_sweep():
     """`--preset paper-mnist-paced` is exactly the configuration of the lineages in
-    benchmarks/results/sweep-paper-pace (README, "A second lever"): paper-mnist, a validation
-    split, the 0.3-point pace and 30 generations at most."""
+    benchmarks/results/sweep-paper-pace (docs/results/sweep-paper-pace.md): paper-mnist, a
+    validation split, the 0.3-point pace and 30 generations at most."""
     import json
     from dataclasses import asdict
     from pathlib import Path

@@ -5,11 +5,11 @@ sampler) changes these numbers; this test shows it in the commit that makes it, 
 when somebody next fails to reproduce a committed table. The run is the paper-mnist pipeline
 shrunk: `minievo evolve` with LeNet-5 on 512 synthetic digits (no network), two ancestor
 epochs, two generations of one epoch, in a subprocess with the kernels pinned the way
-README "Reproducing a committed table exactly" says: ``OPENBLAS_CORETYPE=Haswell``, one BLAS
-thread, ``--sparse-training off``, and NumPy's own loops at AVX2 (``NPY_DISABLE_CPU_FEATURES``
-turns off its AVX-512 targets, which sum in another order: measured here, turning off its
-AVX2 target instead changes generation 1 of a small paper-mnist run from 283,003 to 283,512
-synapses).
+docs/results/index.md ("Reproducing a committed table exactly") says:
+``OPENBLAS_CORETYPE=Haswell``, one BLAS thread, ``--sparse-training off``, and NumPy's own
+loops at AVX2 (``NPY_DISABLE_CPU_FEATURES`` turns off its AVX-512 targets, which sum in
+another order: measured here, turning off its AVX2 target instead changes generation 1 of a
+small paper-mnist run from 283,003 to 283,512 synapses).
 
 Pinned for each generation 0-2: every table.json entry named below (synapse and cluster
 counts, efficiencies, densities, test accuracy, retention; the timings are left out) exactly,
