@@ -628,7 +628,7 @@ def test_the_pace_reference_is_the_mean_of_the_first_generations():
     (dict(pace_margin=True, val_fraction=0.1, target_retention=0.66),
      r"--pace-margin True: allowed: a number in \(0, 1\)"),
     (dict(pace_margin=0.003, val_fraction=0.1, target_retention=0.66,
-          offspring_per_generation=2), r"cannot be combined with --offspring-per-generation"),
+          offspring_per_generation=2, parents=2), r"cannot be combined with --parents above 1"),
 ])
 def test_a_bad_pace_is_refused_with_a_clear_message(overrides, message):
     with pytest.raises(UsageError, match=message):

@@ -123,8 +123,9 @@ def test_the_paced_preset_is_the_committed_pace_sweep():
         cfg = asdict(EvolutionConfig(**dict(PRESETS["paper-mnist-paced"], seed=seed)))
         assert cfg.pop("parents") == 1  # single-parent runs leave it out of config.json
         # options added since, left out of config.json at their defaults
-        assert (cfg.pop("augment"), cfg.pop("architecture"), cfg.pop("data_signature")) == \
-            (False, None, None)
+        assert (cfg.pop("augment"), cfg.pop("architecture"), cfg.pop("data_signature"),
+                cfg.pop("pace_reference"), cfg.pop("pace_per_layer")) == (
+                    False, None, None, 1, False)
         assert cfg == recorded["config"]
     paper = dict(PRESETS["paper-mnist"])
     paced = dict(PRESETS["paper-mnist-paced"])

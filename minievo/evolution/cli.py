@@ -70,6 +70,10 @@ def add_commands(sub, add_common) -> None:
     p.add_argument("--pace-reference", type=int,
                    help="the validation pace's reference: the mean validation accuracy of "
                         "the first N generations (default 1: generation 0 alone)")
+    p.add_argument("--pace-per-layer", action="store_const", const=True, default=None,
+                   help="the validation pace with a cut per prunable layer: a rejection "
+                        "halves the cut of the layer that lost the most strength per unit of "
+                        "cut (docs/method.md#pace)")
     p.add_argument("--ancestor-path",
                    help="start from this trained ancestor (a `minievo train` checkpoint.npz)")
     p.add_argument("--lr", type=float)

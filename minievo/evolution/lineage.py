@@ -95,6 +95,8 @@ class EvolutionConfig:
     # the pace's reference: the mean validation accuracy of the first `pace_reference`
     # generations (0, 1, ...) instead of generation 0's alone (evolution.pace.reference)
     pace_reference: int = 1
+    # a cut per prunable layer instead of one for the network (evolution.pace, issue 20)
+    pace_per_layer: bool = False
     # a trained ancestor to start from (a `minievo train` checkpoint or a lineage model.npz)
     ancestor_path: str | None = None
     # data size (quick runs)
@@ -165,6 +167,11 @@ class EvolutionConfig:
         if self.pace_margin is not None:
             self._validate_pace()
         self._validate_pace_reference()
+        if not isinstance(self.pace_per_layer, bool):
+            raise UsageError(f"--pace-per-layer {self.pace_per_layer!r}: allowed: true or false")
+        if self.pace_per_layer and self.pace_margin is None:
+            raise UsageError("--pace-per-layer gives each layer its own cut under the "
+                             "validation pace: it needs --pace-margin")
         if (self.offspring_per_generation > 1 or self.stop_margin is not None) and not (
                 0 < self.val_fraction < 1):
             raise UsageError("choosing the fittest offspring or a stopping rule needs a "
@@ -182,10 +189,10 @@ class EvolutionConfig:
         if self.target_retention is None or self.target_retention >= 1:
             raise UsageError("a validation pace (--pace-margin) starts from a cut of "
                              "1 - target_retention: set --target-retention below 1")
-        if self.offspring_per_generation != 1 or self.parents != 1:
-            raise UsageError("a validation pace (--pace-margin) tries one offspring at a time: "
-                             "it cannot be combined with --offspring-per-generation or "
-                             "--parents above 1")
+        if self.parents != 1:
+            raise UsageError("a validation pace (--pace-margin) cannot be combined with "
+                             "--parents above 1 (it may try several offspring per try: "
+                             "--offspring-per-generation)")
         ValidationPace(1 - self.target_retention, self.pace_margin)  # checks the margin
 
     def _validate_pace_reference(self) -> None:
@@ -262,22 +269,22 @@ class EvolutionConfig:
 
 PRESETS: dict[str, dict] = {
     # The paper-scale run: Caffe LeNet-5 on full MNIST. F calibrated on this machine so that
-    # about a dozen generations pass 125x synaptic efficiency (see README, "Results").
+    # about a dozen generations pass 125x synaptic efficiency (docs/results/paper-mnist.md).
     "paper-mnist": dict(model="lenet5", dataset="mnist", generations=13, ancestor_epochs=8,
                         offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
                         cluster_quantile=0.5, target_retention=0.66,
                         retention_control="quantile"),
     # The literal model of docs/method.md: per-layer Z = max / ln 2 (layer scope, quantiles 1),
     # constant F_c = F_s = 1, no retention control. It collapses within a few generations
-    # (about 16% of a trained LeNet-5's synapses survive each one); README, "How the
-    # default run departs from the paper's literal model".
+    # (about 16% of a trained LeNet-5's synapses survive each one):
+    # docs/results/literal-mnist.md.
     "literal": dict(model="lenet5", dataset="mnist", generations=4, ancestor_epochs=8,
                     offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="layer",
                     synapse_quantile=1.0, cluster_quantile=1.0, target_retention=None,
                     retention_control="factor"),
     # paper-mnist with the validation pace (evolution.pace): 6,000 training images held out
     # for validation, each generation's cut halved while an offspring falls more than 0.3
-    # points below generation 0 there; up to 30 generations (README, "A second lever").
+    # points below generation 0 there; up to 30 generations (docs/results/sweep-paper-pace.md).
     "paper-mnist-paced": dict(model="lenet5", dataset="mnist", generations=30, ancestor_epochs=8,
                               offspring_epochs=2, f_c=1.0, f_s=1.0, normalisation_scope="network",
                               cluster_quantile=0.5, target_retention=0.66,
@@ -455,6 +462,8 @@ class Lineage:
             del values["pace_margin"]
         if values["pace_reference"] == 1:
             del values["pace_reference"]
+        if not values["pace_per_layer"]:
+            del values["pace_per_layer"]
         for key in ("architecture", "data_signature"):  # the CLI's runs name their network
             if values[key] is None:
                 del values[key]
@@ -526,48 +535,86 @@ class Lineage:
 
     def _paced_generation(self, ancestor, g: int):
         """Generation g under the validation pace (evolution.pace): offspring are tried in
-        ``gen_g/try_a`` with a smaller cut after each rejection until one stays within the
-        margin on validation. Returns it, or None when the pace ends the lineage. Finished
-        tries are read back, so a resumed run takes the same decisions."""
-        from minievo.evolution.pace import ValidationPace
+        ``gen_g/try_a`` (K > 1: ``gen_g/try_a/offspring_k``, the fittest on validation judged)
+        with a smaller cut after each rejection until one stays within the margin on
+        validation. Returns it, or None when the pace ends the lineage. Finished offspring
+        are read back, so a resumed run takes the same decisions."""
+        from minievo.evolution.pace import ValidationPace, reference
 
         cfg = self.config
         pace = ValidationPace(1 - cfg.target_retention, cfg.pace_margin)
-        cut = self.rows[-1].get("pace_next_cut", pace.first_cut)
-        from minievo.evolution.pace import reference
-
+        last = self.rows[-1]
+        if cfg.pace_per_layer:  # {layer: c_l}
+            cut = {name: last.get(f"pace_next_cut_{name}", pace.first_cut)
+                   for name, _ in prunable_layers(ancestor)}
+        else:
+            cut = last.get("pace_next_cut", pace.first_cut)
         val0 = reference([r["val_accuracy"] for r in self.rows], cfg.pace_reference)
         state = ancestor.state_dict()
         for attempt in range(64):  # the cut halves each time: min_cut ends it long before
-            tdir = self._gen_dir(g) / f"try_{attempt}"
-            if (tdir / "model.npz").exists() and (tdir / "row.json").exists():
-                child = self._load_model(tdir / "model.npz")
-                row = self._read_row(tdir / "row.json")
-            else:
-                child, info = self._synthesise(ancestor, state, g, attempt, target=1 - cut)
-                info["pace_cut"] = cut
-                row = self._train_and_record(child, g, cfg.offspring_epochs, tdir, info,
-                                             record=False)
-                ckpt.atomic_write_text(tdir / "row.json", json.dumps(row))
+            child, row = self._paced_try(ancestor, state, g, attempt, cut)
             drop = val0 - row["val_accuracy"]
             if pace.accept(drop):
                 row["pace_tries"] = attempt + 1
-                row["pace_next_cut"] = pace.after_acceptance(cut, drop)
+                if cfg.pace_per_layer:
+                    row.update({f"pace_next_cut_{name}": c for name, c in
+                                pace.layer_cuts_after_acceptance(cut, drop).items()})
+                else:
+                    row["pace_next_cut"] = pace.after_acceptance(cut, drop)
                 self._save_model(child, self._gen_dir(g) / "model.npz", g)
                 self._record(row)
                 return child
-            nxt = pace.after_rejection(cut)
+            if cfg.pace_per_layer:
+                nxt = pace.layer_cuts_after_rejection(
+                    cut, {name: row[f"pace_lost_{name}"] for name in cut})
+            else:
+                nxt = pace.after_rejection(cut)
+            which = "offspring" if cfg.offspring_per_generation == 1 else \
+                f"the fittest of {cfg.offspring_per_generation} offspring"
             self.log(f"generation {g}, try {attempt}: validation accuracy "
                      f"{100 * row['val_accuracy']:.2f}% is {100 * drop:.2f} points below "
                      f"the reference {100 * val0:.2f}% (margin {100 * cfg.pace_margin:.2f}); "
-                     "offspring rejected")
+                     f"{which} rejected")
             if nxt is None:
                 self.log(f"validation pace: no offspring of generation {g} stayed within "
-                         f"the margin down to a cut of {100 * cut:.1f}%; the lineage ends at "
-                         f"generation {g - 1}")
+                         f"the margin down to a cut of {100 * row['pace_cut']:.1f}%; the "
+                         f"lineage ends at generation {g - 1}")
                 return None
             cut = nxt
         raise AssertionError("unreachable: the cut falls below min_cut within 64 halvings")
+
+    def _paced_try(self, ancestor, state, g: int, attempt: int, cut):
+        """Try ``attempt`` of generation g at ``cut`` (a float, or {layer: c_l} with
+        ``pace_per_layer``): K offspring, each from stream ``attempt * K + k``, trained (or
+        read back when finished); returns the fittest on validation and its row (ties: the
+        first). K > 1 writes the fittest's row to ``try_a/row.json`` too (one per try)."""
+        cfg = self.config
+        n = cfg.offspring_per_generation
+        tdir = self._gen_dir(g) / f"try_{attempt}"
+        best = None
+        for k in range(n):
+            kdir = tdir if n == 1 else tdir / f"offspring_{k}"
+            if (kdir / "model.npz").exists() and (kdir / "row.json").exists():
+                child = self._load_model(kdir / "model.npz")
+                row = self._read_row(kdir / "row.json")
+            else:
+                if cfg.pace_per_layer:
+                    child, info = self._synthesise(ancestor, state, g, attempt * n + k,
+                                                   layer_cuts=cut)
+                else:
+                    child, info = self._synthesise(ancestor, state, g, attempt * n + k,
+                                                   target=1 - cut)
+                    info["pace_cut"] = cut
+                row = self._train_and_record(child, g, cfg.offspring_epochs, kdir, info,
+                                             record=False)
+                if n > 1:
+                    row["offspring"] = k
+                ckpt.atomic_write_text(kdir / "row.json", json.dumps(row))
+            if best is None or row["val_accuracy"] > best[1]["val_accuracy"]:
+                best = (child, row)
+        if n > 1:
+            ckpt.atomic_write_text(tdir / "row.json", json.dumps(best[1]))
+        return best
 
     @staticmethod
     def _read_row(path: Path) -> dict:
@@ -581,24 +628,40 @@ class Lineage:
         return row
 
     def _synthesise(self, ancestor, ancestor_state, g: int, k: int, encoder=None,
-                    target: float | None = None):
+                    target: float | None = None, layer_cuts: dict | None = None):
         """Sample offspring k of generation g and give it its starting weights.
 
         ``encoder`` (q -> encodings) replaces the ancestor's own encoding when the offspring
         has several parents; ``ancestor`` is then their combined genotype (see .mating).
-        ``target`` overrides the configured target retention (the validation pace)."""
+        ``target`` overrides the configured target retention (the validation pace);
+        ``layer_cuts`` ({layer: c_l}, the per-layer pace) gives each layer its own target
+        1 - c_l instead (evolution.pace.layer_encodings)."""
         cfg = self.config
         rng = np.random.default_rng([cfg.seed, g, k, 1])
         q = cfg.synapse_quantile
         target = cfg.target_retention if target is None else target
         options = dict(granularity=cfg.granularity, scope=cfg.normalisation_scope,
                        cluster_quantile=cfg.cluster_quantile)
+        if layer_cuts is not None:
+            return self._synthesise_per_layer(ancestor, ancestor_state, g, k, rng, layer_cuts)
         if target is not None and cfg.retention_control == "quantile":
             q, _ = QuantileRetention(target).solve(
                 prunable_layers(ancestor), cfg.environment(target), encoder=encoder, **options)
         masks, stats = synthesize_offspring(
             ancestor, cfg.environment(target), rng, return_stats=True, synapse_quantile=q,
             encodings=None if encoder is None else encoder(q), **options)
+        child = self._offspring(ancestor_state, masks, stats, g, k)
+        env = stats.env
+        info = {"f_c": float(env.f_c), "f_s": float(env.f_s), "synapse_quantile": float(q),
+                "expected_retention": float(stats.expected_fraction),
+                "sampled_retention": float(stats.fraction)}
+        return child, info
+
+    def _offspring(self, ancestor_state, masks, stats, g: int, k: int):
+        """A fresh model with the ancestor's state, the offspring's ``masks`` and its starting
+        weights (``offspring_init``); refused when no synapse survived."""
+        cfg = self.config
+
         # load_state_dict keeps the arrays it is given (no copy), and training updates them in
         # place: each offspring gets its own copies, or it would alter the ancestor's state
         # (the next offspring's start) and generation 0's (what 'rewind' goes back to).
@@ -614,10 +677,45 @@ class Lineage:
             raise UsageError(f"generation {g}: the offspring kept no synapse at all (F_c="
                              f"{stats.env.f_c:g}, F_s={stats.env.f_s:g}); the environment is too "
                              "harsh: raise --f-s / --f-c or --target-retention")
-        env = stats.env
-        info = {"f_c": float(env.f_c), "f_s": float(env.f_s), "synapse_quantile": float(q),
+        return child
+
+    def _synthesise_per_layer(self, ancestor, ancestor_state, g: int, k: int, rng,
+                              cuts: dict):
+        """:meth:`_synthesise` with a target retention per layer, 1 - ``cuts[layer]``.
+
+        The row's ``pace_cut`` is the cut these amount to over the ancestor's live synapses,
+        ``pace_cut_<layer>`` each layer's, ``pace_lost_<layer>`` the fraction of the layer's
+        ancestor strength (sum |w| M) the offspring's mask dropped (what the per-layer pace's
+        rejection rule reads), and ``f_s_<layer>`` or ``synapse_quantile_<layer>`` what the
+        retention control solved for the layer."""
+        from minievo.backend import to_numpy
+        from minievo.evolution.pace import layer_encodings
+
+        cfg = self.config
+        layers = list(prunable_layers(ancestor))
+        encodings, env, solved = layer_encodings(
+            layers, {name: 1 - cuts[name] for name, _ in layers}, cfg.retention_control,
+            EnvironmentalFactor(cfg.f_c, cfg.f_s), granularity=cfg.granularity,
+            scope=cfg.normalisation_scope, synapse_quantile=cfg.synapse_quantile,
+            cluster_quantile=cfg.cluster_quantile)
+        masks, stats = synthesize_offspring(ancestor, env, rng, return_stats=True,
+                                            encodings=encodings)
+        child = self._offspring(ancestor_state, masks, stats, g, k)
+        live = {name: encodings[name].live_synapses for name, _ in layers}
+        lost = {}
+        for (name, _), mask in zip(layers, masks):
+            a = to_numpy(encodings[name].synapse_strength)
+            total = float(a.sum())
+            kept = float((a * (to_numpy(mask) != 0)).sum())
+            lost[name] = min(1.0, max(0.0, 1 - kept / total)) if total > 0 else 0.0
+        solved_key = "f_s" if cfg.retention_control == "factor" else "synapse_quantile"
+        info = {"f_c": float(env.f_c), "f_s": float(env.f_s),
+                **{f"{solved_key}_{name}": v for name, v in solved.items()},
                 "expected_retention": float(stats.expected_fraction),
-                "sampled_retention": float(stats.fraction)}
+                "sampled_retention": float(stats.fraction),
+                "pace_cut": sum(cuts[n] * live[n] for n in live) / max(1, sum(live.values())),
+                **{f"pace_cut_{name}": float(cuts[name]) for name, _ in layers},
+                **{f"pace_lost_{name}": lost[name] for name, _ in layers}}
         return child, info
 
     def _train_and_record(self, model, g: int, epochs: int, gdir: Path, info: dict,

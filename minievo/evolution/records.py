@@ -49,10 +49,13 @@ COUNT_KEYS = frozenset({
     "clusters_filter", "effective_clusters_kernel", "effective_clusters_filter", "macs_dense",
     "macs", "macs_effective", "test_images", "val_images", "pace_tries", "offspring",
     "parameters"})
-#: Fractions, each a number in [0, 1] (and every ``density_<layer>``).
+#: Fractions, each a number in [0, 1] (and every key starting with a FRACTION_PREFIXES entry).
 FRACTION_KEYS = frozenset({
     "test_accuracy", "val_accuracy", "expected_retention", "sampled_retention", "pace_cut",
     "pace_next_cut", "parent_agreement"})
+#: Per-layer fractions: ``density_<layer>``, and the per-layer pace's cuts and lost strength
+#: (``pace_cut_<layer>``, ``pace_next_cut_<layer>``, ``pace_lost_<layer>``).
+FRACTION_PREFIXES = ("density_", "pace_cut_", "pace_next_cut_", "pace_lost_")
 #: Ratios against generation 0, each a number > 0 (and at most MAX_COUNT).
 RATIO_KEYS = frozenset({
     "synaptic_efficiency", "effective_synaptic_efficiency", "cluster_efficiency_kernel",
@@ -258,7 +261,7 @@ def _check_value(where: str, key: str, v) -> None:
     elif key in COUNT_KEYS:
         if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_COUNT):
             bad("an integer in [0, 2**53)")
-    elif key in FRACTION_KEYS or key.startswith("density_"):
+    elif key in FRACTION_KEYS or key.startswith(FRACTION_PREFIXES):
         if not (_is_number(v) and 0 <= v <= 1):  # NaN fails both comparisons
             bad("a number in [0, 1]")
     elif key in RATIO_KEYS:

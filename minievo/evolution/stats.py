@@ -412,8 +412,9 @@ def load_test_correct(path, n: int) -> np.ndarray:
 def _chosen_folder(lineage_dir: Path, row: dict) -> Path:
     """Where generation ``row`` was trained: gen_XXX, or the try / offspring that was kept."""
     gdir = Path(lineage_dir) / f"gen_{row['generation']:03d}"
-    if row.get("pace_tries"):
-        return gdir / f"try_{row['pace_tries'] - 1}"
+    if row.get("pace_tries"):  # K offspring per try: try_a/offspring_k
+        folder = gdir / f"try_{row['pace_tries'] - 1}"
+        return folder / f"offspring_{row['offspring']}" if "offspring" in row else folder
     if "offspring" in row:
         return gdir / f"offspring_{row['offspring']}"
     return gdir
