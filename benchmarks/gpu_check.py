@@ -11,7 +11,8 @@ Subcommands (each writes into the results folder given by ``--out``):
   RawKernel forward at least 1.5x faster than dense CuPy, and faster than cupyx.
 * ``resnet-train``: images/s of one ResNet-20 training step on CuPy (forward, backward, SGD
   step; batch 128; after warm-up), when ``minievo.models`` has ``resnet20``.
-* ``resnet-compact``: the compact forward of a ResNet-8 with a random 10% mask against its
+* ``resnet-compact``: the compact forward of the evolved ResNet-8 (``EVOLVED_RESNET``, or a
+  ResNet-8 with a random 10% mask when that file is absent) against its
   masked dense forward, when ``minievo.models`` has ``resnet8`` and ``minievo.sparse.compact``
   takes it.
 * ``probe``: a tiny RawKernel launch with CuPy's memory pools off; ``sanitizer-probe PATH``
@@ -67,6 +68,8 @@ SKIPPED = 3
 #: the compact forward, and the density of the random mask.
 RESNET_TRAIN_MODEL, RESNET_TRAIN_BATCH = "resnet20", 128
 RESNET_COMPACT_MODEL, RESNET_COMPACT_BATCHES, RESNET_COMPACT_DENSITY = "resnet8", (128, 1024), 0.1
+#: The evolved ResNet-8 the compact step runs when it is there (committed with its lineage).
+EVOLVED_RESNET = Path(__file__).parent / "results" / "resnet8-fashion-r3" / "evolved_resnet8.npz"
 
 BENCH_FIELDS = ["case", "batch", "mac_ratio", "dense_ms", "rawkernel_ms", "cupyx_ms",
                 "dense_over_rawkernel", "cupyx_over_rawkernel"]
@@ -458,12 +461,31 @@ def cmd_resnet_compact(args) -> int:
     from minievo.sparse.synthetic import set_random_masks
 
     out, name, density = Path(args.out), args.model, args.density
-    heading = f"## Compact forward of {name} with a random {density:.0%} mask"
+    evolved = Path(args.evolved) if args.evolved else None
+    if evolved is not None and evolved.is_file():
+        heading = f"## Compact forward of an evolved {name} ({evolved})"
+    else:
+        heading = f"## Compact forward of {name} with a random {density:.0%} mask"
+        evolved = None
     if name not in models.MODELS:
         return skip(out, "36_resnet_compact", heading, f"minievo.models has no {name}")
-    shape = tuple(getattr(models, "INPUT_SHAPES", {}).get(name, (3, 32, 32)))
     rng = np.random.default_rng(0)
-    host = set_random_masks(models.build(name), rng, density)
+    if evolved is not None:
+        from minievo import checkpoint
+
+        arrays, meta = checkpoint.load(evolved)
+        shape = tuple(int(v) for v in meta["input_shape"])
+        host = models.build(name, shape)
+        host.load_state_dict(arrays)
+        host.eval()
+        origin = (f"Evaluation mode, the trained weights and masks of {meta.get('source', '?')} "
+                  f"(generation {meta.get('generation', '?')}, evolved with the validation "
+                  "pace)")
+    else:
+        shape = tuple(getattr(models, "INPUT_SHAPES", {}).get(name, (3, 32, 32)))
+        host = set_random_masks(models.build(name), rng, density)
+        origin = ("Evaluation mode, random weights and a random kernel-level mask "
+                  "(minievo.sparse.synthetic.set_random_masks); nothing evolved")
     try:
         cm = sparse.compact(host, input_shape=shape)  # on the host: no GPU needed to know
     except TypeError as exc:
@@ -498,9 +520,7 @@ def cmd_resnet_compact(args) -> int:
             rows))
     text = (f"{heading}\n\n" + table(
         ["batch", "MAC ratio", "dense ms", "compact ms", "dense / compact", "max rel diff"], rows)
-        + "\n\nEvaluation mode, random weights and a random kernel-level mask "
-          "(minievo.sparse.synthetic.set_random_masks); nothing evolved. Best of 5 rounds "
-          "(CUDA events).")
+        + f"\n\n{origin}. Best of 5 rounds (CUDA events).")
     if failures:
         text += "\n\nBatches that failed:\n" + "\n".join(failures)
     section(out, "36_resnet_compact", text)
@@ -917,6 +937,9 @@ def main(argv=None) -> int:
         if name == "resnet-compact":
             s.add_argument("--model", default=RESNET_COMPACT_MODEL)
             s.add_argument("--density", type=float, default=RESNET_COMPACT_DENSITY)
+            s.add_argument("--evolved", default=str(EVOLVED_RESNET),
+                           help="an evolved network to compact (a checkpoint with its input "
+                                "shape in the metadata); the random mask when it is absent")
             s.add_argument("--batches", type=_batches,
                            default=list(RESNET_COMPACT_BATCHES))
         if name == "tests":

@@ -28,7 +28,7 @@
 #                     maps, at batch 1, 64, 1000, 10000; MAC ratio beside each time ratio      85
 #     resnet_cupy     one ResNet-20 training step (forward, backward, SGD), batch 128, after
 #                     warm-up: images/s; skipped when minievo.models has no resnet20           40
-#     resnet_compact  compact forward of a ResNet-8 with a random 10% mask vs its dense
+#     resnet_compact  compact forward of the evolved ResNet-8 (or a random 10% mask) vs dense
 #                     forward; skipped (with the reason) when there is no resnet8 or
 #                     minievo.sparse.compact refuses it (TypeError)                           20
 #     train_cupy      one epoch of LeNet-5 with --backend cupy                                 35
