@@ -160,7 +160,7 @@ print(f"offspring after {OFFSPRING_EPOCHS} epoch(s) of training: {100 * accuracy
 # knob to go *slower* than that.
 #
 # The project's default run therefore controls the pace (a documented extension, docs/method.md#presets
-# "decision", README "Results"): `QuantileRetention` keeps $F = 1$ but moves the reference
+# "decision", docs/results/paper-mnist.md): `QuantileRetention` keeps $F = 1$ but moves the reference
 # strength that gets probability 1 from the layer's maximum to a quantile $q$ of the live
 # strengths, $p_j = \min(1, 2^{a_j / a_{(q)}} - 1)$, with $q$ solved each generation so
 # that the offspring keeps a chosen fraction in expectation. Synapses stronger than the
@@ -315,7 +315,7 @@ save(fig, "06_kernel_masks.png")
 # fittest kept on a validation split, a stopping rule, `TargetRetention`). From the command
 # line:
 #
-#     minievo evolve --quick --out runs/quick          # about 25 s on 2 CPU cores (README)
+#     minievo evolve --quick --out runs/quick          # about 25 s on 2 CPU cores (docs/getting-started.md)
 #     minievo report runs/quick                        # tables and plots again
 #
 # Chapter 8 runs it on the paper's experiment.

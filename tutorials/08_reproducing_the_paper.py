@@ -23,7 +23,7 @@
 #
 # **Which run?** Set `MINIEVO_RUN` to a finished run folder, e.g. after
 #
-#     minievo evolve --preset paper-mnist --out runs/paper-mnist     # 11 min on 2 CPU cores (README); resumable
+#     minievo evolve --preset paper-mnist --out runs/paper-mnist     # 11 min on 2 CPU cores (docs/results/paper-mnist.md); resumable
 #     MINIEVO_RUN=runs/paper-mnist python tutorials/08_reproducing_the_paper.py
 #
 # Without it the chapter runs a small lineage itself: the `quick` preset (a slice of MNIST,

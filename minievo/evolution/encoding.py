@@ -218,7 +218,7 @@ def reference_strength(strength, quantile: float = 1.0) -> float:
     The literal model (docs/method.md#normalisation) fixes the reference at the maximum
     (``quantile=1``). A quantile below 1 is this project's documented extension (see
     docs/method.md#presets): strengths above it get p = min(1, ...) = 1, which raises
-    the retention of a generation above what the maximum allows (see README, "Results").
+    the retention of a generation above what the maximum allows (docs/results/paper-mnist.md).
     Returns 0.0 when nothing is alive.
     """
     if not 0 < quantile <= 1:

@@ -226,7 +226,7 @@ class TargetRetention:
 class QuantileRetention:
     """Keep ``fraction`` of the synapses in expectation by moving the normalisation, not F.
 
-    A project extension (README, "Results"): with the literal normalisation (the strongest
+    A project extension (docs/results/paper-mnist.md): with the literal normalisation (the strongest
     synapse gets p = 1) a trained LeNet-5 keeps only about 16% of its synapses per generation
     even at F = 1, and a factor F < 1 drops strong synapses as readily as weak ones. Here the
     environmental factor stays as configured (default F = 1) and the reference strength that
