@@ -206,7 +206,7 @@ def paper_networks():
 
     for g in GENERATIONS:
         path = PAPER_RUN / f"gen_{g:03d}_model.npz"
-        model, _ = load_checkpoint_model(str(path), "lenet5")
+        model, _, _ = load_checkpoint_model(str(path), "lenet5")
         yield f"paper-mnist gen {g}", model
 
 

@@ -130,9 +130,16 @@ def load_checkpoint_model(path: str, name: str | None):
     if any(k.startswith("model/") for k in arrays):
         arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
     model_name = name or meta.get("model") or meta.get("config", {}).get("model") or "lenet5"
-    model = models.build(model_name)
+    if model_name in models.ANY_INPUT:
+        # a ResNet takes its input channels from the data: read them off its first
+        # convolution (1 channel: a 28x28 MNIST-like image, 3: a 32x32 CIFAR-like one)
+        first = next(v for k, v in arrays.items() if k.endswith("weight") and v.ndim == 4)
+        shape = (1, 28, 28) if first.shape[1] == 1 else (int(first.shape[1]), 32, 32)
+    else:
+        shape = models.INPUT_SHAPES.get(model_name, (1, 28, 28))
+    model = models.build(model_name, shape if model_name in models.ANY_INPUT else None)
     model.load_state_dict(arrays)
-    return model.eval(), model_name
+    return model.eval(), model_name, shape
 
 
 def synthesize_evolved(ancestor, target: float, seed: int, retention: float = 0.7):
@@ -195,12 +202,12 @@ def gpu_section(args, rng):
         model = set_random_masks(models.lenet5().to("cupy"), rng, d)
         compare(f"lenet5 {d:.0%} live", model, xl, args.repeats, cp)
     for path in args.model_checkpoint:
-        model, name = load_checkpoint_model(path, args.model)
-        shape = models.INPUT_SHAPES.get(name, (1, 28, 28))
+        model, name, shape = load_checkpoint_model(path, args.model)
         xm = cp.asarray(rng.standard_normal((args.batch, *shape)).astype(np.float32))
         print(f"\nGPU: checkpoint {path} ({name})")
         print(HEADER)
-        compare(f"{name} checkpoint", model.to("cupy"), xm, args.repeats, cp)
+        compare(f"{name} checkpoint", model.to("cupy"), xm, args.repeats, cp,
+                input_shape=shape)
 
 
 def main(argv=None) -> int:
@@ -271,7 +278,7 @@ def main(argv=None) -> int:
     x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
     if args.synthesize:
         if args.ancestor:
-            ancestor, _ = load_checkpoint_model(args.ancestor, "lenet5")
+            ancestor, _, _ = load_checkpoint_model(args.ancestor, "lenet5")
         else:
             ancestor = set_random_masks(models.lenet5(), rng, 1.0)
         evolved, gens, eff = synthesize_evolved(ancestor, args.target_efficiency, args.seed)
@@ -281,12 +288,12 @@ def main(argv=None) -> int:
         s, _, _ = compare("synthesized lenet5", evolved, x, args.repeats, xp)
         print(s)
     for path in args.model_checkpoint:
-        model, name = load_checkpoint_model(path, args.model)
-        shape = models.INPUT_SHAPES.get(name, (1, 28, 28))
+        model, name, shape = load_checkpoint_model(path, args.model)
         xm = rng.standard_normal((args.batch, *shape)).astype(np.float32)
-        print(f"\ncheckpoint {path} ({name})")
+        print(f"\ncheckpoint {path} ({name}, input {'x'.join(map(str, shape))})")
         print(HEADER)
-        s, _, _ = compare(f"{name} checkpoint", model, xm, args.repeats, xp)
+        s, _, _ = compare(f"{name} checkpoint", model, xm, args.repeats, xp,
+                          input_shape=shape)
         print(s)
     return 0
 
