@@ -322,3 +322,39 @@ def test_the_sanitizer_probe_tells_refused_from_failed_from_working(body, rc, la
     fake.chmod(0o755)
     assert gpu_check.main(["sanitizer-probe", str(fake)]) == rc
     assert capsys.readouterr().out.strip().splitlines()[-1] == last
+
+
+def test_an_exported_evolved_resnet_compacts_to_the_masked_dense_outputs(tmp_path):
+    """benchmarks/export_evolved.py keeps the weights, masks and input shape the GPU check's
+    compact step rebuilds the network from; the compact model equals the masked dense one."""
+    import json
+
+    import export_evolved
+
+    from minievo import checkpoint, sparse
+    from minievo.sparse.synthetic import set_random_masks
+
+    run = tmp_path / "run"
+    (run / "gen_002").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(
+        {"config": {"model": "resnet8", "dataset": "fashion-mnist"}}))
+    model = set_random_masks(models.build("resnet8", (1, 28, 28)), np.random.default_rng(1),
+                             0.3)
+    checkpoint.save(run / "gen_002" / "model.npz", model.state_dict(), {"model": "resnet8"})
+    out = tmp_path / "evolved.npz"
+    meta = export_evolved.export(run, 2, out)
+    assert meta["input_shape"] == [1, 28, 28] and meta["generation"] == 2
+    arrays, saved = checkpoint.load(out)
+    rebuilt = models.build("resnet8", tuple(saved["input_shape"]))
+    rebuilt.load_state_dict(arrays)
+    rebuilt.eval()
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(rebuilt.state_dict()[k], v, err_msg=k)
+    x = np.random.default_rng(2).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    from minievo.autograd import Tensor, no_grad
+
+    with no_grad():
+        dense = rebuilt(Tensor(x)).data
+    compact = sparse.compact(rebuilt, input_shape=(1, 28, 28))(x)
+    np.testing.assert_allclose(compact, dense, rtol=1e-4, atol=1e-4)
+    assert export_evolved.main([str(run), "9", str(tmp_path / "x.npz")]) == 2  # no such gen
