@@ -19,3 +19,5 @@ python3 benchmarks/export_evolved.py benchmarks/results/resnet8-fashion-r3 7 \
 python3 benchmarks/sparse_forward.py --model-checkpoint \
   benchmarks/results/resnet8-fashion-r3/evolved_resnet8.npz --model resnet8 --batch 64 \
   --repeats 5 --skip conv,lenet > benchmarks/results/resnet8-fashion-r3/compact_forward.txt
+# recovery training of generations 6 and 7 (issue 20's first lever): 7 min 55 s wall
+minievo recover benchmarks/results/resnet8-fashion-r3 --generations 6,7 --epochs 2 --no-progress
