@@ -289,7 +289,7 @@ def _record_config(out: Path) -> dict:
     return {}
 
 
-def _configured_test_images(config: dict) -> int | None:
+def configured_test_images(config: dict) -> int | None:
     """The test set size a configuration implies (the data set's test split, or limit_test)."""
     import data_loaders as dl
 
@@ -329,7 +329,7 @@ def complete_rows(out, rows: list[dict], config: dict | None = None
     layout = None
     if config.get("model") and config.get("dataset") and not config.get("architecture"):
         layout = stats.bias_layout(config["model"], config["dataset"])
-    implied = _configured_test_images(config)
+    implied = configured_test_images(config)
     sources: dict[str, set] = {"parameters": set(), "test_images": set()}
     shown = []
     for r in rows:

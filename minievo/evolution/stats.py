@@ -465,13 +465,13 @@ def recompute_predictions(lineage_dir, data_dir=None, log=print) -> dict:
     from dataclasses import fields
 
     from minievo.evolution.lineage import EvolutionConfig, Lineage
-    from minievo.evolution.report import _configured_test_images
+    from minievo.evolution.report import configured_test_images
     from minievo.experiment import UsageError, make_loaders
 
     lineage_dir = Path(lineage_dir)
     rows = json.loads((lineage_dir / "lineage.json").read_text())["rows"]
     recorded = _lineage_config(lineage_dir)
-    implied = _configured_test_images(recorded)  # for records that predate test_images
+    implied = configured_test_images(recorded)  # for records that predate test_images
     result = {"written": [], "present": [], "no_model": [], "mismatch": []}
     todo = []
     for row in rows:
