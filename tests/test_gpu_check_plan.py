@@ -236,14 +236,17 @@ class _Wrapped(L.Module):
 
 
 def test_resnet_compact_records_compacts_typeerror_as_the_reason(monkeypatch, tmp_path, capsys):
+    # --evolved "": the random-mask network these stand-in models can build (the committed
+    # evolved ResNet-8 would need the real one)
     monkeypatch.setattr(models, "MODELS", {**models.MODELS, "resnet8": _Wrapped})
-    assert gpu_check.main(["resnet-compact", "--out", str(tmp_path)]) == gpu_check.SKIPPED
+    random_mask = ["resnet-compact", "--out", str(tmp_path), "--evolved", ""]
+    assert gpu_check.main(random_mask) == gpu_check.SKIPPED
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("skipped: minievo.sparse.compact does not take resnet8: TypeError: ")
     assert "_Mix" in last or "mix" in last
     monkeypatch.setattr(models, "MODELS", {k: v for k, v in models.MODELS.items()
                                            if k != "resnet8"})
-    assert gpu_check.main(["resnet-compact", "--out", str(tmp_path)]) == gpu_check.SKIPPED
+    assert gpu_check.main(random_mask) == gpu_check.SKIPPED
     assert "skipped: minievo.models has no resnet8" in capsys.readouterr().out
 
 
@@ -253,7 +256,7 @@ def test_resnet_steps_need_a_gpu_once_the_models_exist(monkeypatch, tmp_path, ca
     monkeypatch.setattr(models, "MODELS", {**models.MODELS, "resnet20": models.cifar_net,
                                            "resnet8": models.cifar_net})
     assert gpu_check.main(["resnet-train", "--out", str(tmp_path)]) == 2
-    assert gpu_check.main(["resnet-compact", "--out", str(tmp_path)]) == 2
+    assert gpu_check.main(["resnet-compact", "--out", str(tmp_path), "--evolved", ""]) == 2
     assert capsys.readouterr().err.count("needs CuPy with a GPU") == 2
 
 
@@ -358,3 +361,12 @@ def test_an_exported_evolved_resnet_compacts_to_the_masked_dense_outputs(tmp_pat
     compact = sparse.compact(rebuilt, input_shape=(1, 28, 28))(x)
     np.testing.assert_allclose(compact, dense, rtol=1e-4, atol=1e-4)
     assert export_evolved.main([str(run), "9", str(tmp_path / "x.npz")]) == 2  # no such gen
+
+
+def test_the_committed_evolved_resnet_loads_and_compacts_before_the_gpu_is_needed(tmp_path,
+                                                                                   capsys):
+    if backend.cupy_available():
+        pytest.skip("a GPU is present: the step then runs in the GPU check itself")
+    assert gpu_check.EVOLVED_RESNET.is_file()  # committed with its lineage
+    assert gpu_check.main(["resnet-compact", "--out", str(tmp_path)]) == 2
+    assert "needs CuPy with a GPU" in capsys.readouterr().err
