@@ -26,6 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import (
+    one_line_error,
+    own_settings,  # noqa: F401 (autouse: every test here)
+    run_main,
+)
 
 import data_loaders as dl
 from data_loaders import safe_pickle
@@ -55,33 +60,6 @@ def _need_native():
         if REQUIRE_SANITIZERS:
             pytest.fail(f"{message}, and MINIEVO_REQUIRE_SANITIZERS=1 requires it")
         pytest.skip(message)
-
-
-@pytest.fixture(autouse=True)
-def _own_settings(monkeypatch):
-    """main() sets the sparse training mode and may set MINIEVO_STRICT_NUMERICS: undo both."""
-    from minievo.accel import sparse_train
-
-    monkeypatch.delenv("MINIEVO_STRICT_NUMERICS", raising=False)
-    mode = sparse_train.get_mode()
-    yield
-    sparse_train.set_mode(mode)
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with backend.using_backend("numpy"):
-        status = main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line_error(status: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith("minievo: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
 
 
 def snapshot(folder: Path) -> dict[str, str]:

@@ -19,6 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import (
+    one_line,
+    one_line_error,
+    own_settings,  # noqa: F401 (autouse: every test here)
+    run_main,
+)
 
 import data_loaders as dl
 from data_loaders import safe_pickle
@@ -44,41 +50,6 @@ TRAIN = ["train", "--dataset", "synthetic-digits", "--limit-train", "128", "--ep
 EVOLVE = ["evolve", "--dataset", "synthetic-digits", "--generations", "1", "--ancestor-epochs",
           "1", "--offspring-epochs", "1", "--limit-train", "128", "--limit-test", "100",
           "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _own_settings(monkeypatch):
-    """main() sets the sparse training mode and may set MINIEVO_STRICT_NUMERICS: undo both."""
-    from minievo.accel import sparse_train
-
-    monkeypatch.delenv("MINIEVO_STRICT_NUMERICS", raising=False)
-    mode = sparse_train.get_mode()
-    yield
-    sparse_train.set_mode(mode)
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with backend.using_backend("numpy"):
-        status = main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line_error(status: int, err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith("minievo: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
-
-
-def one_line(exc_info, *needles: str) -> str:
-    message = str(exc_info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return message
 
 
 def _edit_npz(path: Path, edit) -> None:

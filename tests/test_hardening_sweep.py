@@ -21,32 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_checks import one_line_error, run_main
 
-from minievo import backend
 from minievo import checkpoint as ckpt
-from minievo.cli import main
 from minievo.evolution import records, report, sweep
 from minievo.evolution.lineage import PRESETS, EvolutionConfig, Lineage
 from minievo.experiment import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with backend.using_backend("numpy"):
-        status = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line_error(status: int, err: str, *needles: str) -> str:
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith("minievo: error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
-    return lines[0]
 
 
 def bounded(fn, seconds: float):
