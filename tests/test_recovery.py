@@ -135,3 +135,76 @@ def test_the_command_line_recovers_and_prints_the_table(lineage_dir, capsys):
     assert "| 1 |" in printed and "Operating points" in printed
     assert cli.main(["recover", str(lineage_dir), "--generations", "x"]) == 2
     assert "--generations 'x'" in capsys.readouterr().err
+
+
+def _rejected(label, val, test, eff, before_val=0.95):
+    return {"label": label, "val_accuracy": val, "test_accuracy": test, "train_seconds": 1.0,
+            "row": {"synapses": 100, "synaptic_efficiency": eff, "val_accuracy": before_val,
+                    "test_accuracy": 0.95}}
+
+
+def test_a_rejected_offspring_recovered_within_the_budget_becomes_the_next_point():
+    # a paced lineage that ended at generation 2; its generation 3 was rejected twice
+    rows = _rows([0.99, 0.989, 0.988], [0.991, 0.988, 0.987])
+    tried = [_rejected("try_0", 0.9875, 0.980, 12.0),   # sparser, back within 0.3 points
+             _rejected("try_1", 0.9890, 0.970, 10.0)]   # best on validation, worse on test
+    s = recovery.summarise(rows, {}, budgets=(0.3,), rejected=tried)
+    before, after = s["budgets"]["0.3"]["before"], s["budgets"]["0.3"]["after"]
+    assert before["generation"] == 2 and before["synaptic_efficiency"] == 4.0
+    # the stand-in is the best on validation (try_1), not on test nor the sparsest
+    assert after["generation"] == 3 and after["recovered"]
+    assert after["synaptic_efficiency"] == 10.0
+    assert after["val_loss"] == pytest.approx(0.1) and after["test_loss"] == pytest.approx(2.1)
+    assert [r["stands_in"] for r in s["rejected"]] == [False, True]
+    assert s["rejected_generation"] == 3
+    md = recovery.markdown(s, 3)
+    assert "| try_1 * | 100 | 10.0x | 95.00% | 98.90% |" in md
+    # still outside the budget after recovery: the point does not move
+    far = [_rejected("try_0", 0.980, 0.99, 12.0)]
+    s = recovery.summarise(rows, {}, budgets=(0.3,), rejected=far)
+    assert s["budgets"]["0.3"]["after"]["generation"] == 2
+
+
+def test_the_rejected_offspring_are_found_in_try_order_in_both_layouts(tmp_path):
+    rows = [{"generation": 0}, {"generation": 1}]
+    assert recovery.rejected_offspring(tmp_path, rows) == []   # not ended by the pace
+    row = json.dumps({"test_accuracy": 0.9, "val_accuracy": 0.9, "synapses": 5,
+                      "synaptic_efficiency": 2.0, "cluster_efficiency_kernel": 1.0,
+                      "cluster_efficiency_filter": 1.0})
+    for label in ("try_0", "try_2", "try_10", "try_1/offspring_1", "try_1/offspring_0"):
+        d = tmp_path / "gen_002" / label
+        d.mkdir(parents=True)
+        (d / "model.npz").write_bytes(b"x")
+        (d / "row.json").write_text(row)
+    (tmp_path / "gen_002" / "try_3").mkdir()   # interrupted: nothing finished in it
+    found = recovery.rejected_offspring(tmp_path, rows)
+    assert [t["label"] for t in found] == ["try_0", "try_1/offspring_0", "try_1/offspring_1",
+                                           "try_2", "try_10"]
+    assert found[0]["row"]["synapses"] == 5
+
+
+def test_recovery_trains_the_rejected_offspring_and_skips_them_on_request(lineage_dir):
+    rows = json.loads((lineage_dir / "lineage.json").read_text())["rows"]
+    n = len(rows)
+    # stand-ins for the pace's rejected tries: copies of the last generation
+    for label in ("try_0", "try_1"):
+        d = lineage_dir / f"gen_{n:03d}" / label
+        d.mkdir(parents=True)
+        (d / "model.npz").write_bytes((lineage_dir / f"gen_{n - 1:03d}" / "model.npz")
+                                      .read_bytes())
+        (d / "row.json").write_text(json.dumps(rows[-1]))
+    skipped = recovery.recover(lineage_dir, [1], epochs=1, rejected=False)
+    assert "rejected" not in skipped
+    s = recovery.recover(lineage_dir, [1], epochs=1)
+    assert [r["label"] for r in s["rejected"]] == ["try_0", "try_1"]
+    for label in ("try_0", "try_1"):
+        before, _ = ckpt.load(lineage_dir / f"gen_{n - 1:03d}" / "model.npz")
+        after, _ = ckpt.load(lineage_dir / "recovery" / f"gen_{n:03d}" / label / "model.npz")
+        assert any(not np.array_equal(after[k], v) for k, v in before.items()
+                   if k.endswith("weight"))
+        for k, v in before.items():
+            if k.endswith("mask"):
+                np.testing.assert_array_equal(after[k], v)
+    # the same network, the same shuffling: both tries recover to the same accuracy
+    assert s["rejected"][0]["val_after"] == s["rejected"][1]["val_after"]
+    assert "rejected" in (lineage_dir / "recovery" / "recovery.md").read_text()

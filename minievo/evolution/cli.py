@@ -119,7 +119,8 @@ def add_commands(sub, add_common) -> None:
         description="Train a finished lineage's generations a few more epochs (masks fixed, "
                     "learning rate falling linearly to zero) and measure them again: by "
                     "default the operating points chosen on validation at 0.3 and 1.0 points "
-                    "(conservative rule) and the generations after them. Writes "
+                    "(conservative rule) and the generations after them, and, where the "
+                    "validation pace ended the lineage, the offspring it rejected. Writes "
                     "RUN/recovery/ (resumable).")
     p.add_argument("run_dir")
     p.add_argument("--epochs", type=int, default=3, help="recovery epochs per generation")
@@ -127,6 +128,9 @@ def add_commands(sub, add_common) -> None:
                    help="comma list of generations (default: chosen on validation)")
     p.add_argument("--beyond", type=int, default=2,
                    help="generations after each chosen point also recovered (default 2)")
+    p.add_argument("--no-rejected", action="store_true",
+                   help="do not recover the offspring the validation pace rejected at the "
+                        "generation where it ended the lineage")
     add_common(p)
     p.set_defaults(func=cmd_recover)
 
@@ -262,7 +266,8 @@ def cmd_recover(args) -> int:
             raise UsageError(f"--generations {args.generations!r}: allowed: a comma list of "
                              "whole numbers") from None
     recovery.recover(args.run_dir, gens, epochs=args.epochs, beyond=args.beyond,
-                     backend=args.backend, data_dir=args.data_dir)
+                     backend=args.backend, data_dir=args.data_dir,
+                     rejected=not args.no_rejected)
     print((Path(args.run_dir) / "recovery" / "recovery.md").read_text())
     return 0
 

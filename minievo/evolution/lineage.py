@@ -379,6 +379,11 @@ class Lineage:
         """Generation g of this run folder, as saved (``gen_GGG/model.npz``), checked."""
         return self._load_model(self._gen_dir(g) / "model.npz")
 
+    def load_model_file(self, path: Path):
+        """A network of this lineage's model saved at ``path`` (an offspring's model.npz),
+        with a checkpoint's checks."""
+        return self._load_model(Path(path))
+
     def _load_ancestor(self, path: Path):
         """A trained generation 0 from a `minievo train` checkpoint or a lineage model.npz."""
         arrays, meta = ckpt.load(path)

@@ -14,10 +14,20 @@ whether a sparser generation comes back within the budget once recovered. The re
 chooses again, on the recovered validation accuracies, with the same rule: every choice on
 validation, the test set only reports.
 
+**The offspring the pace rejected.** A lineage under the validation pace ends at the first
+generation none of whose offspring stays within the margin; its operating point is then its
+last generation, with nothing after it to recover. Its rejected offspring are the sparser
+networks it left on disk (``gen_N/try_a``, or ``gen_N/try_a/offspring_k`` with K offspring per
+try, where N is the generation it could not make). They are recovered too (``rejected``),
+and the one with the best recovered *validation* accuracy stands in as generation N when the
+operating points are chosen again: if it is back within a budget, recovery bought a step of
+compression; if not, the point stays where it was.
+
 Files, under ``<run>/recovery/`` (resumable: a finished generation is read back, an
 interrupted one resumes from its training checkpoint):
 
 * ``gen_GGG/model.npz``, ``gen_GGG/row.json``, ``gen_GGG/train.npz`` (while training);
+* ``gen_NNN/try_a[/offspring_k]/...``: the same for each rejected offspring;
 * ``recovery.json`` and ``recovery.md``: before and after, per generation and per budget.
 """
 
@@ -99,16 +109,50 @@ def choose(rows: list[dict], budgets=BUDGETS, beyond: int = 2) -> list[int]:
     return sorted(chosen)
 
 
-def recover_generation(lin, g: int, epochs: int, folder: Path, log=print) -> dict:
+def _try_index(path: Path) -> int:
+    tail = path.name.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else 1 << 30
+
+
+def rejected_offspring(run, rows: list[dict]) -> list[dict]:
+    """The offspring the validation pace rejected at generation N = len(rows), the generation
+    the lineage could not make: one entry per finished offspring (``label`` such as "try_1" or
+    "try_0/offspring_2", ``path`` of its folder, ``row`` as recorded), tries in order. Empty
+    for a lineage that did not end by the pace."""
+    from minievo.evolution.lineage import Lineage  # noqa: PLC0415
+
+    gdir = Path(run) / f"gen_{len(rows):03d}"
+    found = []
+    if not gdir.is_dir():
+        return found
+    for tdir in sorted((d for d in gdir.glob("try_*") if d.is_dir()), key=_try_index):
+        if (tdir / "model.npz").is_file():
+            folders = [tdir]
+        else:
+            folders = sorted((d for d in tdir.glob("offspring_*") if d.is_dir()),
+                             key=_try_index)
+        for d in folders:
+            if (d / "model.npz").is_file() and (d / "row.json").is_file():
+                found.append({"label": d.relative_to(gdir).as_posix(), "path": d,
+                              "row": Lineage._read_row(d / "row.json")})
+    return found
+
+
+def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
+                       source: Path | None = None, label: str | None = None) -> dict:
     """Train generation g of a lineage ``epochs`` more epochs (masks fixed, linear decay to
     zero) and measure it again; resumable. Returns its row: generation, epochs, val and test
-    accuracy, seconds."""
+    accuracy, seconds. With ``source`` (a folder holding ``model.npz``), that network is
+    recovered instead, in ``gen_GGG/<label>`` (a rejected offspring of generation g)."""
     cfg = lin.config
     gdir = folder / f"gen_{g:03d}"
+    if label is not None:
+        gdir = gdir / label
     if (gdir / "row.json").is_file():
         return json.loads((gdir / "row.json").read_text())
     gdir.mkdir(parents=True, exist_ok=True)
-    model = lin.load_generation(g)
+    model = lin.load_generation(g) if source is None else lin.load_model_file(
+        Path(source) / "model.npz")
     train, val, test = lin.loaders
     train.seed = cfg.seed * 100_003 + SEED_OFFSET + g
     opt, _ = make_optimizer(model, {"lr": cfg.lr, "momentum": cfg.momentum,
@@ -132,24 +176,43 @@ def recover_generation(lin, g: int, epochs: int, folder: Path, log=print) -> dic
     return row
 
 
-def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS) -> dict:
+def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
+              rejected: list[dict] | None = None) -> dict:
     """Before and after, at each budget: the generation the conservative rule picks on
     validation from the lineage as run, and from the lineage with every recovered generation
     in place of its original (the rest unchanged), with their synaptic efficiency and test
-    loss against generation 0 (points)."""
+    loss against generation 0 (points).
+
+    ``rejected``: the recovered rejected offspring of generation N = len(rows) (dicts with
+    label, row, val_accuracy, test_accuracy); the one with the best recovered validation
+    accuracy (ties: the first) is appended as generation N of the "after" lineage."""
     def point(table, b):
         vals = [r["val_accuracy"] for r in table]
         g = stats.first_outside_minus_one(vals, b / 100) or 0
         r = table[g]
-        return {"generation": g, "synaptic_efficiency": rows[g]["synaptic_efficiency"],
+        return {"generation": g, "synaptic_efficiency": r["synaptic_efficiency"],
                 "val_loss": round(100 * (table[0]["val_accuracy"] - r["val_accuracy"]), 4),
                 "test_loss": round(100 * (table[0]["test_accuracy"] - r["test_accuracy"]), 4),
-                "recovered": g in recovered}
+                "recovered": g in recovered or g == len(rows)}
 
     after = [dict(r, **{k: recovered[g][k] for k in ("val_accuracy", "test_accuracy")})
              if g in recovered else r for g, r in enumerate(rows)]
+    out = {}
+    if rejected:
+        best = max(rejected, key=lambda t: (t["val_accuracy"], -rejected.index(t)))
+        after.append(dict(best["row"], val_accuracy=best["val_accuracy"],
+                          test_accuracy=best["test_accuracy"]))
+        out["rejected"] = [{"label": t["label"], "synapses": t["row"]["synapses"],
+                            "synaptic_efficiency": t["row"]["synaptic_efficiency"],
+                            "val_before": t["row"]["val_accuracy"],
+                            "val_after": t["val_accuracy"],
+                            "test_before": t["row"]["test_accuracy"],
+                            "test_after": t["test_accuracy"],
+                            "seconds": t.get("train_seconds"),
+                            "stands_in": t is best} for t in rejected]
+        out["rejected_generation"] = len(rows)
     return {"budgets": {str(b): {"before": point(rows, b), "after": point(after, b)}
-                        for b in budgets},
+                        for b in budgets}, **out,
             "generations": [{"generation": g, "synapses": rows[g]["synapses"],
                              "val_before": rows[g]["val_accuracy"],
                              "val_after": recovered[g]["val_accuracy"],
@@ -167,6 +230,18 @@ def markdown(summary: dict, epochs: int) -> str:
         lines.append(f"| {r['generation']} | {r['synapses']:,} | {100 * r['val_before']:.2f}% "
                      f"| {100 * r['val_after']:.2f}% | {100 * r['test_before']:.2f}% | "
                      f"{100 * r['test_after']:.2f}% |")
+    if summary.get("rejected"):
+        n = summary["rejected_generation"]
+        lines += ["", f"The offspring of generation {n} that the pace rejected (the lineage "
+                  f"ended at generation {n - 1}); the one marked * has the best recovered "
+                  f"validation accuracy and stands in as generation {n} below:", "",
+                  "| offspring | synapses | synaptic eff. | val before | val after | "
+                  "test before | test after |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in summary["rejected"]:
+            lines.append(f"| {r['label']}{' *' if r['stands_in'] else ''} | "
+                         f"{r['synapses']:,} | {r['synaptic_efficiency']:.1f}x | "
+                         f"{100 * r['val_before']:.2f}% | {100 * r['val_after']:.2f}% | "
+                         f"{100 * r['test_before']:.2f}% | {100 * r['test_after']:.2f}% |")
     lines += ["", "Operating points, chosen on validation by the conservative rule (the "
               "generation before the first one outside the budget); test loss against "
               "generation 0 (not recovered), reported only:", "",
@@ -182,7 +257,7 @@ def markdown(summary: dict, epochs: int) -> str:
 
 
 def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: str = "numpy",
-            data_dir=None, log=print) -> dict:
+            data_dir=None, log=print, rejected: bool = True) -> dict:
     """Recovery training of a finished lineage (module docstring); returns the summary.
 
     Args:
@@ -192,6 +267,9 @@ def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: st
         epochs: recovery epochs per generation, 1 to 50.
         beyond: with ``generations=None``, how many generations after each chosen point are
             recovered too.
+        rejected: recover the offspring the validation pace rejected where the lineage ended
+            (:func:`rejected_offspring`) and let the best of them on validation stand in as
+            the next generation.
     """
     run = Path(run)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 50:
@@ -221,7 +299,18 @@ def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: st
             log(f"recovery of generation {g}: validation {100 * rows[g]['val_accuracy']:.2f}%"
                 f" -> {100 * r['val_accuracy']:.2f}%, test {100 * rows[g]['test_accuracy']:.2f}%"
                 f" -> {100 * r['test_accuracy']:.2f}% ({time.perf_counter() - t0:.0f} s)")
-        summary = summarise(rows, recovered)
+        tried = []
+        for t in rejected_offspring(run, rows) if rejected else []:
+            n = len(rows)
+            t0 = time.perf_counter()
+            r = recover_generation(lin, n, epochs, folder, log, source=t["path"],
+                                   label=t["label"])
+            tried.append(dict(t, **r))
+            log(f"recovery of rejected offspring {n}/{t['label']}: validation "
+                f"{100 * t['row']['val_accuracy']:.2f}% -> {100 * r['val_accuracy']:.2f}%, test "
+                f"{100 * t['row']['test_accuracy']:.2f}% -> {100 * r['test_accuracy']:.2f}% "
+                f"({time.perf_counter() - t0:.0f} s)")
+        summary = summarise(rows, recovered, rejected=tried)
         summary["epochs"] = epochs
         ckpt.atomic_write_text(folder / "recovery.json", json.dumps(summary, indent=1))
         ckpt.atomic_write_text(folder / "recovery.md", markdown(summary, epochs))
@@ -229,4 +318,4 @@ def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: st
 
 
 __all__ = ["BUDGETS", "LinearDecayLR", "choose", "markdown", "recover", "recover_generation",
-           "summarise"]
+           "rejected_offspring", "summarise"]
