@@ -73,6 +73,12 @@ def test_recovery_keeps_the_masks_and_resumes_by_reading_its_results_back(lineag
         assert 0 <= r["val_after"] <= 1 and 0 <= r["test_after"] <= 1
         assert not (lineage_dir / "recovery" / f"gen_{g:03d}" / "train.npz").exists()
     assert (lineage_dir / "recovery" / "recovery.md").read_text().startswith("# Recovery")
+    # the per-image test predictions are kept, and agree with the recorded accuracy
+    from minievo.evolution import stats
+    for r in first["generations"]:
+        bits = stats.load_test_correct(lineage_dir / "recovery" / f"gen_{r['generation']:03d}"
+                                       / stats.TEST_CORRECT, rows[0]["test_images"])
+        assert bits.mean() == pytest.approx(r["test_after"])
     # a second call reads every finished generation back: same numbers, no training
     calls = []
     again = recovery.recover(lineage_dir, [2, 3], epochs=2,
@@ -208,3 +214,27 @@ def test_recovery_trains_the_rejected_offspring_and_skips_them_on_request(lineag
     # the same network, the same shuffling: both tries recover to the same accuracy
     assert s["rejected"][0]["val_after"] == s["rejected"][1]["val_after"]
     assert "rejected" in (lineage_dir / "recovery" / "recovery.md").read_text()
+
+
+def test_each_operating_point_carries_the_paired_bootstrap_interval_of_its_own_networks():
+    from minievo.evolution import stats
+
+    rows = _rows([0.99, 0.989, 0.985, 0.97], [0.991, 0.988, 0.984, 0.972])
+    recovered = {2: {"val_accuracy": 0.988, "test_accuracy": 0.987, "train_seconds": 1.0}}
+    rng = np.random.default_rng(3)
+    gen0 = rng.random(1000) < 0.99
+    before = {g: rng.random(1000) < 0.98 for g in range(4)}
+    after = {**before, 2: rng.random(1000) < 0.985}
+    s = recovery.summarise(rows, recovered, budgets=(0.3,),
+                           correct={"gen0": gen0, "before": before, "after": after})
+    b, a = s["budgets"]["0.3"]["before"], s["budgets"]["0.3"]["after"]
+    want_b = stats.paired_bootstrap(gen0, before[1])
+    want_a = stats.paired_bootstrap(gen0, after[2])   # the recovered network's predictions
+    assert b["interval"] == [round(want_b.low, 4), round(want_b.high, 4)]
+    assert a["interval"] == [round(want_a.low, 4), round(want_a.high, 4)]
+    assert a["interval"] != [round(x, 4) for x in (stats.paired_bootstrap(gen0, before[2]).low,
+                                                   stats.paired_bootstrap(gen0, before[2]).high)]
+    # without the chosen generation's predictions: no interval, said so in the table
+    s = recovery.summarise(rows, recovered, budgets=(0.3,), correct={"gen0": gen0})
+    assert s["budgets"]["0.3"]["after"]["interval"] is None
+    assert "unavailable" in recovery.markdown(s, 3)

@@ -149,6 +149,10 @@ def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
     if label is not None:
         gdir = gdir / label
     if (gdir / "row.json").is_file():
+        if not (gdir / stats.TEST_CORRECT).is_file() and (gdir / "model.npz").is_file():
+            # recovered before the per-image predictions were kept: measure them once
+            model = lin.load_model_file(gdir / "model.npz")
+            stats.save_test_correct(gdir, stats.correct_per_image(model, lin.loaders[2]))
         return json.loads((gdir / "row.json").read_text())
     gdir.mkdir(parents=True, exist_ok=True)
     model = lin.load_generation(g) if source is None else lin.load_model_file(
@@ -165,9 +169,11 @@ def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
         log(f"recovery of generation {g}: resuming at epoch {state.epoch + 1}")
     state = training.fit(model, train, opt, epochs, scheduler=sched, checkpoint_path=ck,
                          state=state, progress=False, log=log, label=f"recover {g} ")
+    correct = stats.correct_per_image(model, test)
+    stats.save_test_correct(gdir, correct)
     row = {"generation": g, "epochs": epochs,
            "val_accuracy": training.evaluate(model, val)["accuracy"],
-           "test_accuracy": training.evaluate(model, test)["accuracy"],
+           "test_accuracy": float(correct.mean()),
            "train_seconds": round(state.train_seconds, 2)}
     ckpt.save(gdir / "model.npz", model.state_dict(), {"model": cfg.model, "generation": g,
                                                        "recovery_epochs": epochs})
@@ -177,7 +183,7 @@ def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
 
 
 def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
-              rejected: list[dict] | None = None) -> dict:
+              rejected: list[dict] | None = None, correct: dict | None = None) -> dict:
     """Before and after, at each budget: the generation the conservative rule picks on
     validation from the lineage as run, and from the lineage with every recovered generation
     in place of its original (the rest unchanged), with their synaptic efficiency and test
@@ -185,15 +191,29 @@ def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
 
     ``rejected``: the recovered rejected offspring of generation N = len(rows) (dicts with
     label, row, val_accuracy, test_accuracy); the one with the best recovered validation
-    accuracy (ties: the first) is appended as generation N of the "after" lineage."""
-    def point(table, b):
+    accuracy (ties: the first) is appended as generation N of the "after" lineage.
+
+    ``correct``: per-image test correctness, {"gen0": (n,) bool, "before": {g: (n,)},
+    "after": {g: (n,)}} (entries may be missing); where generation 0's and the chosen
+    generation's are there, the point carries the 95% paired-bootstrap interval of its test
+    loss (:func:`minievo.evolution.stats.paired_bootstrap`)."""
+    correct = correct or {}
+
+    def point(table, b, when):
         vals = [r["val_accuracy"] for r in table]
         g = stats.first_outside_minus_one(vals, b / 100) or 0
         r = table[g]
-        return {"generation": g, "synaptic_efficiency": r["synaptic_efficiency"],
-                "val_loss": round(100 * (table[0]["val_accuracy"] - r["val_accuracy"]), 4),
-                "test_loss": round(100 * (table[0]["test_accuracy"] - r["test_accuracy"]), 4),
-                "recovered": g in recovered or g == len(rows)}
+        out = {"generation": g, "synaptic_efficiency": r["synaptic_efficiency"],
+               "val_loss": round(100 * (table[0]["val_accuracy"] - r["val_accuracy"]), 4),
+               "test_loss": round(100 * (table[0]["test_accuracy"] - r["test_accuracy"]), 4),
+               "recovered": g in recovered or g == len(rows), "interval": None}
+        if g == len(rows):
+            out["offspring"] = r["label"]
+        ref, cand = correct.get("gen0"), correct.get(when, {}).get(g)
+        if g > 0 and ref is not None and cand is not None:
+            iv = stats.paired_bootstrap(ref, cand)
+            out["interval"] = [round(iv.low, 4), round(iv.high, 4)]
+        return out
 
     after = [dict(r, **{k: recovered[g][k] for k in ("val_accuracy", "test_accuracy")})
              if g in recovered else r for g, r in enumerate(rows)]
@@ -201,7 +221,7 @@ def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
     if rejected:
         best = max(rejected, key=lambda t: (t["val_accuracy"], -rejected.index(t)))
         after.append(dict(best["row"], val_accuracy=best["val_accuracy"],
-                          test_accuracy=best["test_accuracy"]))
+                          test_accuracy=best["test_accuracy"], label=best["label"]))
         out["rejected"] = [{"label": t["label"], "synapses": t["row"]["synapses"],
                             "synaptic_efficiency": t["row"]["synaptic_efficiency"],
                             "val_before": t["row"]["val_accuracy"],
@@ -211,7 +231,8 @@ def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
                             "seconds": t.get("train_seconds"),
                             "stands_in": t is best} for t in rejected]
         out["rejected_generation"] = len(rows)
-    return {"budgets": {str(b): {"before": point(rows, b), "after": point(after, b)}
+    return {"budgets": {str(b): {"before": point(rows, b, "before"),
+                                 "after": point(after, b, "after")}
                         for b in budgets}, **out,
             "generations": [{"generation": g, "synapses": rows[g]["synapses"],
                              "val_before": rows[g]["val_accuracy"],
@@ -245,15 +266,40 @@ def markdown(summary: dict, epochs: int) -> str:
     lines += ["", "Operating points, chosen on validation by the conservative rule (the "
               "generation before the first one outside the budget); test loss against "
               "generation 0 (not recovered), reported only:", "",
-              "| budget (points) | | generation | synaptic eff. | val loss | test loss |",
-              "|---:|---|---:|---:|---:|---:|"]
+              "| budget (points) | | generation | synaptic eff. | val loss | test loss | "
+              "95% interval |", "|---:|---|---:|---:|---:|---:|---|"]
     for b, ba in summary["budgets"].items():
         for when in ("before", "after"):
             p = ba[when]
-            lines.append(f"| {b} | {when} | {p['generation']} | "
+            iv = p.get("interval")
+            shown = f"[{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "unavailable"
+            gen = f"{p['generation']} ({p['offspring']})" if p.get("offspring") else \
+                p["generation"]
+            lines.append(f"| {b} | {when} | {gen} | "
                          f"{p['synaptic_efficiency']:.1f}x | {p['val_loss']:.2f} | "
-                         f"{p['test_loss']:.2f} |")
+                         f"{p['test_loss']:.2f} | {shown} |")
     return "\n".join(lines) + "\n"
+
+
+def _correct(run: Path, rows, recovered, tried, folder: Path) -> dict:
+    """The per-image test correctness :func:`summarise` needs, where it was stored."""
+    n = rows[0].get("test_images")
+    if not n:
+        return {}
+
+    def read(path):
+        return stats.load_test_correct(path, n) if path.is_file() else None
+
+    out = {"gen0": stats.find_test_correct(run, rows[0], n), "before": {}, "after": {}}
+    for g, row in enumerate(rows):
+        out["before"][g] = out["after"][g] = stats.find_test_correct(run, row, n)
+    for g in recovered:
+        out["after"][g] = read(folder / f"gen_{g:03d}" / stats.TEST_CORRECT)
+    if tried:
+        best = max(tried, key=lambda t: (t["val_accuracy"], -tried.index(t)))
+        out["after"][len(rows)] = read(folder / f"gen_{len(rows):03d}" / best["label"]
+                                       / stats.TEST_CORRECT)
+    return out
 
 
 def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: str = "numpy",
@@ -310,7 +356,8 @@ def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: st
                 f"{100 * t['row']['val_accuracy']:.2f}% -> {100 * r['val_accuracy']:.2f}%, test "
                 f"{100 * t['row']['test_accuracy']:.2f}% -> {100 * r['test_accuracy']:.2f}% "
                 f"({time.perf_counter() - t0:.0f} s)")
-        summary = summarise(rows, recovered, rejected=tried)
+        summary = summarise(rows, recovered, rejected=tried,
+                            correct=_correct(run, rows, recovered, tried, folder))
         summary["epochs"] = epochs
         ckpt.atomic_write_text(folder / "recovery.json", json.dumps(summary, indent=1))
         ckpt.atomic_write_text(folder / "recovery.md", markdown(summary, epochs))
