@@ -238,3 +238,28 @@ def test_each_operating_point_carries_the_paired_bootstrap_interval_of_its_own_n
     s = recovery.summarise(rows, recovered, budgets=(0.3,), correct={"gen0": gen0})
     assert s["budgets"]["0.3"]["after"]["interval"] is None
     assert "unavailable" in recovery.markdown(s, 3)
+
+
+def test_the_stand_in_is_the_pace_own_decision_on_the_recovered_validation_accuracies():
+    def t(label, val):
+        return {"label": label, "val_accuracy": val}
+
+    tried = [t("try_0", 0.9870), t("try_1", 0.9890), t("try_2", 0.9895)]
+    # reference 0.99, margin 0.3 points: try_0 (largest cut) is back within; the pace takes
+    # it, not the best on validation
+    assert recovery.pace_choice(tried, 0.99, 0.003) == "try_0"
+    # at a 0.1-point margin try_0 fails and try_1's drop is exactly 0.1 points: accepted
+    assert recovery.pace_choice(tried, 0.99, 0.001) == "try_1"
+    # none within: the best on validation stands in
+    assert recovery.pace_choice(tried, 0.999, 0.001) == "try_2"
+    # K offspring per try: each try is judged by its fittest, tries in order
+    k = [t("try_0/offspring_0", 0.980), t("try_0/offspring_1", 0.9868),
+         t("try_1/offspring_0", 0.989), t("try_1/offspring_1", 0.988)]
+    assert recovery.pace_choice(k, 0.99, 0.003) == "try_1/offspring_0"
+    assert recovery.pace_choice(k, 0.99, 0.0035) == "try_0/offspring_1"
+    # summarise appends the stand-in it is given, not the best on validation
+    rows = _rows([0.99, 0.989], [0.99, 0.988])
+    rej = [_rejected("try_0", 0.9875, 0.980, 12.0), _rejected("try_1", 0.9890, 0.970, 10.0)]
+    s = recovery.summarise(rows, {}, budgets=(0.3,), rejected=rej, stand_in="try_0")
+    assert s["budgets"]["0.3"]["after"]["synaptic_efficiency"] == 12.0
+    assert s["budgets"]["0.3"]["after"]["offspring"] == "try_0"

@@ -19,9 +19,12 @@ generation none of whose offspring stays within the margin; its operating point 
 last generation, with nothing after it to recover. Its rejected offspring are the sparser
 networks it left on disk (``gen_N/try_a``, or ``gen_N/try_a/offspring_k`` with K offspring per
 try, where N is the generation it could not make). They are recovered too (``rejected``),
-and the one with the best recovered *validation* accuracy stands in as generation N when the
-operating points are chosen again: if it is back within a budget, recovery bought a step of
-compression; if not, the point stays where it was.
+and the pace judges them again on their recovered *validation* accuracy, as it would have
+had it recovered each offspring before judging it (:func:`pace_choice`): the first try, in
+the order the pace made them (largest cut first), that is now within its margin stands in
+as generation N when the operating points are chosen again. If it is back within a budget,
+recovery bought a step of compression; if none passes, the best of them on validation stands
+in, and the point stays where it was.
 
 Files, under ``<run>/recovery/`` (resumable: a finished generation is read back, an
 interrupted one resumes from its training checkpoint):
@@ -138,6 +141,23 @@ def rejected_offspring(run, rows: list[dict]) -> list[dict]:
     return found
 
 
+def pace_choice(tried: list[dict], reference: float, margin: float) -> str:
+    """The rejected offspring that stands in as the next generation after recovery: the pace's
+    own decision on the recovered validation accuracies. Tries in the order made (``tried``
+    in try order; with K offspring per try, each try's fittest on validation); the first whose
+    drop below ``reference`` is at most ``margin``; if none, the best on validation (ties: the
+    first). Returns its label."""
+    by_try: dict[str, list[dict]] = {}
+    for t in tried:
+        by_try.setdefault(t["label"].split("/")[0], []).append(t)
+    fittest = [max(ts, key=lambda t: (t["val_accuracy"], -ts.index(t)))
+               for ts in by_try.values()]
+    for t in fittest:
+        if reference - t["val_accuracy"] <= margin + 1e-12:
+            return t["label"]
+    return max(fittest, key=lambda t: (t["val_accuracy"], -fittest.index(t)))["label"]
+
+
 def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
                        source: Path | None = None, label: str | None = None) -> dict:
     """Train generation g of a lineage ``epochs`` more epochs (masks fixed, linear decay to
@@ -183,15 +203,17 @@ def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
 
 
 def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
-              rejected: list[dict] | None = None, correct: dict | None = None) -> dict:
+              rejected: list[dict] | None = None, correct: dict | None = None,
+              stand_in: str | None = None) -> dict:
     """Before and after, at each budget: the generation the conservative rule picks on
     validation from the lineage as run, and from the lineage with every recovered generation
     in place of its original (the rest unchanged), with their synaptic efficiency and test
     loss against generation 0 (points).
 
     ``rejected``: the recovered rejected offspring of generation N = len(rows) (dicts with
-    label, row, val_accuracy, test_accuracy); the one with the best recovered validation
-    accuracy (ties: the first) is appended as generation N of the "after" lineage.
+    label, row, val_accuracy, test_accuracy); the one labelled ``stand_in`` (by default the
+    best on recovered validation accuracy, ties: the first; :func:`recover` passes the pace's
+    own choice, :func:`pace_choice`) is appended as generation N of the "after" lineage.
 
     ``correct``: per-image test correctness, {"gen0": (n,) bool, "before": {g: (n,)},
     "after": {g: (n,)}} (entries may be missing); where generation 0's and the chosen
@@ -219,7 +241,10 @@ def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
              if g in recovered else r for g, r in enumerate(rows)]
     out = {}
     if rejected:
-        best = max(rejected, key=lambda t: (t["val_accuracy"], -rejected.index(t)))
+        if stand_in is None:
+            best = max(rejected, key=lambda t: (t["val_accuracy"], -rejected.index(t)))
+        else:
+            best = next(t for t in rejected if t["label"] == stand_in)
         after.append(dict(best["row"], val_accuracy=best["val_accuracy"],
                           test_accuracy=best["test_accuracy"], label=best["label"]))
         out["rejected"] = [{"label": t["label"], "synapses": t["row"]["synapses"],
@@ -254,8 +279,9 @@ def markdown(summary: dict, epochs: int) -> str:
     if summary.get("rejected"):
         n = summary["rejected_generation"]
         lines += ["", f"The offspring of generation {n} that the pace rejected (the lineage "
-                  f"ended at generation {n - 1}); the one marked * has the best recovered "
-                  f"validation accuracy and stands in as generation {n} below:", "",
+                  f"ended at generation {n - 1}); the one marked * stands in as generation {n} "
+                  f"below (the first try the pace accepts on recovered validation accuracy, "
+                  f"else the best on validation):", "",
                   "| offspring | synapses | synaptic eff. | val before | val after | "
                   "test before | test after |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in summary["rejected"]:
@@ -281,7 +307,7 @@ def markdown(summary: dict, epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _correct(run: Path, rows, recovered, tried, folder: Path) -> dict:
+def _correct(run: Path, rows, recovered, tried, folder: Path, stand_in) -> dict:
     """The per-image test correctness :func:`summarise` needs, where it was stored."""
     n = rows[0].get("test_images")
     if not n:
@@ -296,8 +322,7 @@ def _correct(run: Path, rows, recovered, tried, folder: Path) -> dict:
     for g in recovered:
         out["after"][g] = read(folder / f"gen_{g:03d}" / stats.TEST_CORRECT)
     if tried:
-        best = max(tried, key=lambda t: (t["val_accuracy"], -tried.index(t)))
-        out["after"][len(rows)] = read(folder / f"gen_{len(rows):03d}" / best["label"]
+        out["after"][len(rows)] = read(folder / f"gen_{len(rows):03d}" / stand_in
                                        / stats.TEST_CORRECT)
     return out
 
@@ -356,13 +381,20 @@ def recover(run, generations=None, epochs: int = 3, beyond: int = 2, backend: st
                 f"{100 * t['row']['val_accuracy']:.2f}% -> {100 * r['val_accuracy']:.2f}%, test "
                 f"{100 * t['row']['test_accuracy']:.2f}% -> {100 * r['test_accuracy']:.2f}% "
                 f"({time.perf_counter() - t0:.0f} s)")
-        summary = summarise(rows, recovered, rejected=tried,
-                            correct=_correct(run, rows, recovered, tried, folder))
+        stand_in = None
+        if tried:
+            from minievo.evolution.pace import reference  # noqa: PLC0415
+
+            margin = cfg.pace_margin if cfg.pace_margin is not None else min(BUDGETS) / 100
+            ref = reference([r["val_accuracy"] for r in rows], cfg.pace_reference)
+            stand_in = pace_choice(tried, ref, margin)
+        summary = summarise(rows, recovered, rejected=tried, stand_in=stand_in,
+                            correct=_correct(run, rows, recovered, tried, folder, stand_in))
         summary["epochs"] = epochs
         ckpt.atomic_write_text(folder / "recovery.json", json.dumps(summary, indent=1))
         ckpt.atomic_write_text(folder / "recovery.md", markdown(summary, epochs))
     return summary
 
 
-__all__ = ["BUDGETS", "LinearDecayLR", "choose", "markdown", "recover", "recover_generation",
-           "rejected_offspring", "summarise"]
+__all__ = ["BUDGETS", "LinearDecayLR", "choose", "markdown", "pace_choice", "recover",
+           "recover_generation", "rejected_offspring", "summarise"]
