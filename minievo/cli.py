@@ -55,7 +55,7 @@ def cmd_train(args) -> int:
         train, _, test = make_loaders(cfg["dataset"], cfg["batch_size"], cfg["seed"],
                                       data_dir=args.data_dir, limit_train=args.limit_train,
                                       backend_name=args.backend)
-        opt, sched = make_optimizer(model, cfg)
+        opt, sched = make_optimizer(model, cfg, total_iterations=cfg["epochs"] * len(train))
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             atomic_write_text(out / "config.json", json.dumps(run_record("train", cfg), indent=2))

@@ -89,7 +89,16 @@ def make_loaders(dataset: str, batch_size: int, seed: int, data_dir=None, limit_
     return train, val, test
 
 
-def make_optimizer(model, cfg: dict):
+#: The learning-rate policies: Caffe's inv and step, a fixed rate, and a linear fall to zero
+#: over the training run (which needs its length: ``total_iterations``).
+LR_POLICIES = ("inv", "step", "fixed", "linear")
+
+
+def make_optimizer(model, cfg: dict, total_iterations: int | None = None):
+    """SGD with momentum and weight decay from ``cfg`` and the schedule of its ``lr_policy``.
+
+    ``total_iterations``: the updates of the whole training run, needed by ``linear`` (the
+    rate reaches zero at its last update)."""
     from minievo import optim
 
     opt = optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -101,8 +110,13 @@ def make_optimizer(model, cfg: dict):
         sched = optim.StepLR(opt, step_size=cfg.get("step_size", 5000), gamma=0.1)
     elif policy == "fixed":
         sched = None
+    elif policy == "linear":
+        if total_iterations is None or total_iterations < 1:
+            raise UsageError("--lr-policy linear needs the length of the training run (the "
+                             "rate falls to zero at its last update)")
+        sched = optim.LinearDecayLR(opt, int(total_iterations))
     else:
-        raise UsageError(f"unknown --lr-policy {policy!r}; choose inv, step or fixed")
+        raise UsageError(f"unknown --lr-policy {policy!r}; choose {', '.join(LR_POLICIES)}")
     return opt, sched
 
 

@@ -143,6 +143,27 @@ class StepLR:
         self.opt.lr = self.lr_at(self.opt.iterations)
 
 
+class LinearDecayLR:
+    """lr = base_lr * (1 - iteration / total), falling to zero at ``total`` iterations (the
+    annealing a pruning pipeline's final fine-tuning does; policy ``linear``).
+
+    Args:
+        optimizer: its ``lr`` is the base rate; ``iterations`` counts its updates.
+        total: the number of updates over which the rate reaches zero (>= 1).
+    """
+
+    def __init__(self, optimizer: Optimizer, total: int):
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total must be a whole number of iterations >= 1, got {total!r}")
+        self.opt, self.base, self.total = optimizer, optimizer.lr, total
+
+    def lr_at(self, iteration: int) -> float:
+        return self.base * max(0.0, 1.0 - iteration / self.total)
+
+    def step(self) -> None:
+        self.opt.lr = self.lr_at(self.opt.iterations)
+
+
 class InvLR:
     """Caffe's "inv" policy: lr = base_lr * (1 + gamma * iteration) ** (-power)."""
 

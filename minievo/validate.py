@@ -96,7 +96,8 @@ FRACTION = float_range(0.0, 1.0, hi_open=True)  # [0, 1)
 TRAIN_TYPES = {
     "model": model_name, "dataset": dataset_name, "epochs": POSITIVE_INT,
     "batch_size": POSITIVE_INT, "lr": POSITIVE_FLOAT, "momentum": FRACTION,
-    "weight_decay": NONNEGATIVE_FLOAT, "lr_policy": one_of(("inv", "step", "fixed"), "lr policy"),
+    "weight_decay": NONNEGATIVE_FLOAT,
+    "lr_policy": one_of(("inv", "step", "fixed", "linear"), "lr policy"),
     "seed": SEED,
 }
 

@@ -227,6 +227,10 @@ class EvolutionConfig:
             bad("momentum", "a number in [0, 1)")
         if not (is_num(self.weight_decay) and self.weight_decay >= 0):
             bad("weight_decay", "a number >= 0")
+        from minievo.experiment import LR_POLICIES  # noqa: PLC0415
+
+        if self.lr_policy not in LR_POLICIES:
+            bad("lr_policy", ", ".join(LR_POLICIES))
         if not (is_int(self.batch_size) and self.batch_size >= 1):
             bad("batch_size", "an integer >= 1")
         if not (is_int(self.seed) and 0 <= self.seed < 2**32):
@@ -729,7 +733,8 @@ class Lineage:
         train, val, test = self.loaders
         gdir.mkdir(parents=True, exist_ok=True)
         # A fresh optimiser and schedule per generation; shuffling seeded by (seed, g).
-        opt, sched = make_optimizer(model, asdict(cfg))
+        opt, sched = make_optimizer(model, asdict(cfg), total_iterations=max(1, epochs)
+                                    * len(train))
         if hasattr(train, "seed"):
             train.seed = cfg.seed * 100_003 + g
         ck = gdir / "train.npz"

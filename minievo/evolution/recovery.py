@@ -45,32 +45,13 @@ from minievo import checkpoint as ckpt
 from minievo import training
 from minievo.evolution import stats
 from minievo.experiment import UsageError, make_loaders, make_optimizer
+from minievo.optim import LinearDecayLR
 from minievo.runlock import run_lock
 
 #: Loss budgets (points of accuracy) at which the operating points are chosen.
 BUDGETS = (0.3, 1.0)
 #: A shuffling stream apart from the lineage's own (which is ``seed * 100_003 + g``).
 SEED_OFFSET = 50_000
-
-
-class LinearDecayLR:
-    """lr = base_lr * (1 - iteration / total), falling to zero at ``total`` iterations.
-
-    Args:
-        optimizer: its ``lr`` is the base rate; ``iterations`` counts its updates.
-        total: the number of updates over which the rate reaches zero (>= 1).
-    """
-
-    def __init__(self, optimizer, total: int):
-        if total < 1:
-            raise ValueError(f"total must be >= 1 update, got {total}")
-        self.opt, self.base, self.total = optimizer, optimizer.lr, int(total)
-
-    def lr_at(self, iteration: int) -> float:
-        return self.base * max(0.0, 1.0 - iteration / self.total)
-
-    def step(self) -> None:
-        self.opt.lr = self.lr_at(self.opt.iterations)
 
 
 def _lineage(run: Path, backend: str, data_dir, log):
