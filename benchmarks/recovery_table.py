@@ -90,8 +90,9 @@ def rejected_table(lineages: list[dict]) -> str:
     for lin in lineages:
         s = lin["summary"]
         for g in s.get("generations", []):
+            eff = lin["rows"][g["generation"]]["synaptic_efficiency"]
             lines.append(f"| {lin['run'].name} | generation {g['generation']} | "
-                         f"{g['synapses']:,} | | {100 * g['val_before']:.2f}% | "
+                         f"{g['synapses']:,} | {eff:.1f}x | {100 * g['val_before']:.2f}% | "
                          f"{100 * g['val_after']:.2f}% | {100 * g['test_before']:.2f}% | "
                          f"{100 * g['test_after']:.2f}% |")
         for r in s.get("rejected", []):
@@ -120,7 +121,8 @@ def main(argv=None) -> int:
           "validation by the conservative rule; test losses only reported.\n")
     print(table(lineages))
     print("Every recovered network (* = the rejected offspring that stands in as the next "
-          "generation, the best of its generation's on recovered validation accuracy):\n")
+          "generation: the first try, largest cut first, that the pace accepts on its recovered "
+          "validation accuracy, else the best on validation):\n")
     print(rejected_table(lineages))
     return 0
 
