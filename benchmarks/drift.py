@@ -25,7 +25,7 @@ BUDGETS = (0.1, 0.3, 1.0)
 RULES = (("conservative", stats.first_outside_minus_one), ("last within", stats.last_within))
 
 
-def _mean_se(values):
+def mean_se(values):
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
@@ -96,13 +96,13 @@ def markdown(folders: list[Path]) -> str:
                     f"{p['generation']} | {p['efficiency']:.1f}x | {p['val_loss']:.2f} | "
                     f"{p['test_loss']:.2f} | {p['drift']:+.2f} |")
         for label, ds in groups.items():
-            all_m, all_se = _mean_se([d["mean_drift_all"] for d in ds])
+            all_m, all_se = mean_se([d["mean_drift_all"] for d in ds])
             for b in BUDGETS:
                 for rule, _ in RULES:
                     ps = [d["points"][(b, rule)] for d in ds]
                     cells = []
                     for key in ("efficiency", "val_loss", "test_loss", "drift"):
-                        m, se = _mean_se([p[key] for p in ps])
+                        m, se = mean_se([p[key] for p in ps])
                         unit = "x" if key == "efficiency" else ""
                         cells.append(f"{m:.2f} ± {se:.2f}{unit}" if key != "efficiency"
                                      else f"{m:.1f} ± {se:.1f}{unit}")

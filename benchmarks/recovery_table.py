@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
+from drift import mean_se
+
 from minievo.evolution import stats
-
-
-def _mean_se(values):
-    n = len(values)
-    m = sum(values) / n
-    if n == 1:
-        return m, float("nan")
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
 
 
 def chosen_correct(run: Path, rows: list[dict], point: dict, when: str):
@@ -77,7 +70,7 @@ def table(lineages: list[dict]) -> str:
             if all(pr is not None for pr in pairs):
                 iv = stats.paired_bootstrap_mean(pairs)
                 shown = f"[{iv.low:.2f}, {iv.high:.2f}]"
-            (e, es), (v, vs), (t, ts) = _mean_se(effs), _mean_se(vls), _mean_se(tls)
+            (e, es), (v, vs), (t, ts) = mean_se(effs), mean_se(vls), mean_se(tls)
             lines.append(f"| **mean ± SE ({len(lineages)})** | {b} | {when} | | "
                          f"{e:.1f} ± {es:.1f}x | {v:.2f} ± {vs:.2f} | {t:.2f} ± {ts:.2f} | "
                          f"{shown} |")

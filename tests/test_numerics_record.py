@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_checks import one_line_error, run_main
 
 from minievo import backend, experiment
 from minievo.cli import main
@@ -31,21 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "synthetic-digits", "--limit-train", "256", "--epochs", "1",
          "--no-progress"]
 NEW_KEYS = ("blas_library", "blas_version", "blas_architecture", "blas_num_threads", "cpu")
-
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    with backend.using_backend("numpy"):
-        status = main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err
-
-
-def one_line_error(status: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith("minievo: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, err)
 
 
 @pytest.fixture(scope="module")

@@ -131,12 +131,11 @@ def pace_choice(tried: list[dict], reference: float, margin: float) -> str:
     by_try: dict[str, list[dict]] = {}
     for t in tried:
         by_try.setdefault(t["label"].split("/")[0], []).append(t)
-    fittest = [max(ts, key=lambda t: (t["val_accuracy"], -ts.index(t)))
-               for ts in by_try.values()]
+    fittest = [max(ts, key=lambda t: t["val_accuracy"]) for ts in by_try.values()]
     for t in fittest:
         if reference - t["val_accuracy"] <= margin + 1e-12:
             return t["label"]
-    return max(fittest, key=lambda t: (t["val_accuracy"], -fittest.index(t)))["label"]
+    return max(fittest, key=lambda t: t["val_accuracy"])["label"]  # ties: the first
 
 
 def recover_generation(lin, g: int, epochs: int, folder: Path, log=print,
@@ -223,7 +222,7 @@ def summarise(rows: list[dict], recovered: dict[int, dict], budgets=BUDGETS,
     out = {}
     if rejected:
         if stand_in is None:
-            best = max(rejected, key=lambda t: (t["val_accuracy"], -rejected.index(t)))
+            best = max(rejected, key=lambda t: t["val_accuracy"])  # ties: the first
         else:
             best = next(t for t in rejected if t["label"] == stand_in)
         after.append(dict(best["row"], val_accuracy=best["val_accuracy"],
