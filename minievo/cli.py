@@ -284,6 +284,12 @@ def main(argv=None) -> int:
             from minievo.experiment import check_environment  # noqa: PLC0415
 
             check_environment()
+            if args.command != "sweep":  # a sweep's workers run one BLAS thread each
+                from minievo.experiment import busy_machine_warning  # noqa: PLC0415
+
+                busy = busy_machine_warning()
+                if busy:
+                    print(f"minievo: warning: {busy}", file=sys.stderr)
         if getattr(args, "no_accel", True) is False:  # commands that train: on by default
             import minievo.accel  # noqa: PLC0415
 

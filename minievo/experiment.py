@@ -45,6 +45,50 @@ def check_environment() -> None:
             raise UsageError(str(exc)) from None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS says, else the CPU count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_machine_warning(load: float | None = None, cores: int | None = None,
+                         blas_threads: int | None = None) -> str | None:
+    """A warning for a run about to train in this process on a machine already busy.
+
+    Threaded BLAS (OpenBLAS's default: a thread per core) beside other busy processes spins
+    its threads waiting for each other: on 2 cores beside three busy sweep workers, a recovery
+    epoch took over 300 CPU-seconds with 2 OpenBLAS threads and 23 s with 1. ``minievo sweep`` runs its workers on one thread each; the
+    commands that train in their own process (train, evolve, recover) keep the library's
+    default, because the threads change a run's summation order (``numerics`` in its
+    config.json), and warn instead when the 1-minute load average already fills every core.
+
+    Args:
+        load: the 1-minute load average (default: :func:`os.getloadavg`; no warning where the
+            OS has none).
+        cores: the usable cores (default :func:`usable_cores`).
+        blas_threads: the threads NumPy's BLAS runs (default: as threadpoolctl reports).
+
+    Returns:
+        str | None: one line, or None when BLAS runs one thread or the machine is not busy.
+    """
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # Windows, or no load average
+            return None
+    cores = usable_cores() if cores is None else cores
+    if blas_threads is None:
+        found = blas_kernels()["blas_num_threads"]
+        blas_threads = found if isinstance(found, int) else 1
+    if blas_threads <= 1 or load < cores:
+        return None
+    return (f"the machine is busy (load {load:.1f} on {cores} cores) and BLAS runs "
+            f"{blas_threads} threads: beside busy processes threaded BLAS can train many "
+            f"times slower; OPENBLAS_NUM_THREADS=1 (MKL: MKL_NUM_THREADS=1) runs one thread "
+            f"(a resume under other threads warns: the summation order changes)")
+
+
 #: The largest validation split: beyond it the network would train on fewer images than it is
 #: validated on.
 MAX_VAL_FRACTION = 0.5

@@ -253,3 +253,76 @@ def test_a_resume_under_really_other_kernels_warns(tmp_path):
     same = subprocess.run(cmd + ["--strict-numerics"], env=_env(first), cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert same.returncode == 0 and "warning" not in same.stderr, same.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The warning on a busy machine: threaded BLAS beside busy processes
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("load", "cores", "threads", "warns"), [
+    (2.0, 2, 2, True),    # every core already busy
+    (7.5, 2, 2, True),
+    (1.9, 2, 2, False),   # a core is free
+    (7.5, 2, 1, False),   # one BLAS thread: nothing to spin
+    (3.0, 4, 4, False),
+    (4.0, 4, 4, True),
+])
+def test_the_busy_warning_needs_threaded_blas_and_every_core_busy(load, cores, threads, warns):
+    text = experiment.busy_machine_warning(load=load, cores=cores, blas_threads=threads)
+    if not warns:
+        assert text is None
+        return
+    assert "\n" not in text
+    assert f"load {load:.1f} on {cores} cores" in text
+    assert f"BLAS runs {threads} threads" in text
+    assert "OPENBLAS_NUM_THREADS=1" in text
+
+
+def test_the_busy_warning_reads_the_load_the_cores_and_the_blas_threads(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 1.0, 1.0))
+    monkeypatch.setattr(experiment, "usable_cores", lambda: 2)
+    monkeypatch.setattr(experiment, "blas_kernels", lambda: {"blas_num_threads": 2})
+    assert "load 5.0 on 2 cores" in experiment.busy_machine_warning()
+    # threadpoolctl missing: the threads are unknown, and no guess is printed
+    monkeypatch.setattr(experiment, "blas_kernels",
+                        lambda: {"blas_num_threads": experiment.UNKNOWN})
+    assert experiment.busy_machine_warning() is None
+
+    def no_load():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", no_load)
+    monkeypatch.setattr(experiment, "blas_kernels", lambda: {"blas_num_threads": 2})
+    assert experiment.busy_machine_warning() is None
+
+
+def test_the_usable_cores_follow_the_affinity():
+    cores = experiment.usable_cores()
+    assert cores >= 1
+    if hasattr(os, "sched_getaffinity"):
+        assert cores == len(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def busy(monkeypatch):
+    """A machine whose every core is busy, with NumPy's BLAS on 4 threads."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(experiment, "usable_cores", lambda: 2)
+    monkeypatch.setattr(experiment, "blas_kernels", lambda: {"blas_num_threads": 4})
+
+
+def test_a_command_that_trains_warns_once_on_a_busy_machine(busy, tmp_path, capsys):
+    status, _, err = run_main(capsys, *TRAIN, "--out", tmp_path / "run")
+    assert status == 0, err
+    warnings = [line for line in err.splitlines() if "machine is busy" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("minievo: warning: "), err
+    assert "load 9.0 on 2 cores" in warnings[0] and "BLAS runs 4 threads" in warnings[0]
+
+
+def test_a_sweep_and_the_commands_that_do_not_train_stay_silent(busy, tmp_path, capsys):
+    # a sweep's workers run one BLAS thread each: no warning, whatever the sweep then does
+    (tmp_path / "file").write_text("not a folder")
+    _, _, err = run_main(capsys, "sweep", "--out", tmp_path / "file" / "sweep", "--seeds", "0",
+                         "--no-progress")
+    assert "machine is busy" not in err
+    status, _, err = run_main(capsys, "data", "fetch", "nonexistent")
+    assert status == 2 and "machine is busy" not in err
