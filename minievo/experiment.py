@@ -58,10 +58,11 @@ def busy_machine_warning(load: float | None = None, cores: int | None = None,
 
     Threaded BLAS (OpenBLAS's default: a thread per core) beside other busy processes spins
     its threads waiting for each other: on 2 cores beside three busy sweep workers, a recovery
-    epoch took over 300 CPU-seconds with 2 OpenBLAS threads and 23 s with 1. ``minievo sweep`` runs its workers on one thread each; the
-    commands that train in their own process (train, evolve, recover) keep the library's
-    default, because the threads change a run's summation order (``numerics`` in its
-    config.json), and warn instead when the 1-minute load average already fills every core.
+    epoch took over 300 CPU-seconds with 2 OpenBLAS threads and 23 s with 1. ``minievo
+    sweep`` runs its workers on one thread each; the commands that train in their own process
+    (train, evolve, recover) keep the library's default, because the threads change a run's
+    summation order (``numerics`` in its config.json), and warn instead when the 1-minute load
+    average already fills every core.
 
     Args:
         load: the 1-minute load average (default: :func:`os.getloadavg`; no warning where the
