@@ -32,7 +32,7 @@ from drift import mean_se
 
 from minievo.evolution.lineage import Lineage
 from minievo.evolution.pace import ValidationPace, reference
-from minievo.evolution.recovery import _try_index
+from minievo.evolution.recovery import try_index
 
 
 def tries(run: Path, k: int) -> list[dict]:
@@ -40,11 +40,11 @@ def tries(run: Path, k: int) -> list[dict]:
     and try order: ``generation``, ``try``, ``rows`` (offspring 0 first)."""
     found = []
     for gdir in sorted(d for d in run.glob("gen_*") if d.is_dir()):
-        for tdir in sorted((d for d in gdir.glob("try_*") if d.is_dir()), key=_try_index):
+        for tdir in sorted((d for d in gdir.glob("try_*") if d.is_dir()), key=try_index):
             paths = [tdir / f"offspring_{i}" / "row.json" for i in range(k)]
             if all(p.is_file() for p in paths):
                 found.append({"generation": int(gdir.name.rpartition("_")[2]),
-                              "try": _try_index(tdir),
+                              "try": try_index(tdir),
                               "rows": [Lineage._read_row(p) for p in paths]})
     return found
 

@@ -93,7 +93,9 @@ def choose(rows: list[dict], budgets=BUDGETS, beyond: int = 2) -> list[int]:
     return sorted(chosen)
 
 
-def _try_index(path: Path) -> int:
+def try_index(path: Path) -> int:
+    """The number at the end of a ``try_a`` or ``offspring_k`` folder's name, for sorting
+    them in the order they were made (try_10 after try_2); a name without one sorts last."""
     tail = path.name.rpartition("_")[2]
     return int(tail) if tail.isdigit() else 1 << 30
 
@@ -109,12 +111,12 @@ def rejected_offspring(run, rows: list[dict]) -> list[dict]:
     found = []
     if not gdir.is_dir():
         return found
-    for tdir in sorted((d for d in gdir.glob("try_*") if d.is_dir()), key=_try_index):
+    for tdir in sorted((d for d in gdir.glob("try_*") if d.is_dir()), key=try_index):
         if (tdir / "model.npz").is_file():
             folders = [tdir]
         else:
             folders = sorted((d for d in tdir.glob("offspring_*") if d.is_dir()),
-                             key=_try_index)
+                             key=try_index)
         for d in folders:
             if (d / "model.npz").is_file() and (d / "row.json").is_file():
                 found.append({"label": d.relative_to(gdir).as_posix(), "path": d,
