@@ -83,38 +83,31 @@ def _fmt(values) -> str:
     return f"{m:+.3f} ± {se:.3f}" if len(values) > 1 else f"{m:+.3f}"
 
 
+COUNTS = ("passed", "rescued", "none_passed")
+
+
+def _row(name: str, k: int, tried: list[dict], counts: dict) -> str:
+    """One table line: the tries' gains and the pace's verdict counts."""
+    if not tried:
+        return f"| {name} | {k} | 0 | | | | | | | |"
+    vg = [t["val_gain"] for t in tried]
+    tg = [t["test_gain"] for t in tried]
+    spread = sum(t["val_spread"] for t in tried) / len(tried)
+    held = sum(tg) / sum(vg) if sum(vg) > 0 else float("nan")
+    return (f"| {name} | {k} | {len(tried)} | {spread:.3f} | {_fmt(vg)} | {_fmt(tg)} | "
+            f"{100 * held:.0f}% | " + " | ".join(str(counts[c]) for c in COUNTS) + " |")
+
+
 def table(lineages: list[dict]) -> str:
     lines = ["| lineage | K | tries | val spread (max − min) | val gain of the winner | "
              "test gain of the winner | held on test | passed | rescued by the choice | "
              "none passed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    pooled = {"val_gain": [], "test_gain": [], "val_spread": []}
-    counts = {"passed": 0, "rescued": 0, "none_passed": 0}
-    for lin in lineages + [None]:
-        if lin is None:
-            if len(lineages) < 2:
-                break
-            name, k, ts = f"**all {len(lineages)}**", lineages[0]["k"], None
-            vg, tg, sp = pooled["val_gain"], pooled["test_gain"], pooled["val_spread"]
-            c = counts
-        else:
-            name, k, ts = lin["run"].name, lin["k"], lin["tries"]
-            vg = [t["val_gain"] for t in ts]
-            tg = [t["test_gain"] for t in ts]
-            sp = [t["val_spread"] for t in ts]
-            for key in pooled:
-                pooled[key] += [t[key] for t in ts]
-            c = lin
-            for key in counts:
-                counts[key] += lin[key]
-        n = len(vg)
-        if n == 0:
-            lines.append(f"| {name} | {k} | 0 | | | | | | | |")
-            continue
-        held = sum(tg) / sum(vg) if sum(vg) > 0 else float("nan")
-        lines.append(f"| {name} | {k} | {n} | {sum(sp) / n:.3f} | {_fmt(vg)} | {_fmt(tg)} | "
-                     f"{100 * held:.0f}% | {c['passed']} | {c['rescued']} | "
-                     f"{c['none_passed']} |")
+    lines += [_row(lin["run"].name, lin["k"], lin["tries"], lin) for lin in lineages]
+    if len(lineages) > 1:  # every lineage's tries pooled
+        lines.append(_row(f"**all {len(lineages)}**", lineages[0]["k"],
+                          [t for lin in lineages for t in lin["tries"]],
+                          {c: sum(lin[c] for lin in lineages) for c in COUNTS}))
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,8 @@ def plot(levers: list[tuple[str, list[dict]]], out: Path, budget: float = 0.3) -
     import matplotlib.ticker  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    top = max(max(p["efficiency"] for p in pts) for _, pts in levers)
+    top = max(p["efficiency"] for _, pts in levers for p in pts)
+    losses = [p["test_loss"] for _, pts in levers for p in pts]
     ax.fill_between([GOAL_EFFICIENCY, top * 1.6], -1, budget, color="tab:green", alpha=0.08,
                     label=f"goal: ≥{GOAL_EFFICIENCY:.0f}x within {budget} points")
     for i, (label, pts) in enumerate(levers):
@@ -63,10 +64,9 @@ def plot(levers: list[tuple[str, list[dict]]], out: Path, budget: float = 0.3) -
                     label=f"{label}: {mx:.1f} ± {sx:.1f}x, {my:.2f} ± {sy:.2f} points")
     ax.axhline(budget, color="0.5", lw=0.8, ls="--")
     ax.axvline(GOAL_EFFICIENCY, color="0.5", lw=0.8, ls="--")
-    ys = [p["test_loss"] for _, pts in levers for p in pts]
     ax.set_xscale("log")
     ax.set_xlim(right=top * 1.6)
-    ax.set_ylim(min(-0.05, min(ys) - 0.05), max(budget + 0.1, max(ys) + 0.05))
+    ax.set_ylim(min(-0.05, min(losses) - 0.05), max(budget + 0.1, max(losses) + 0.05))
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
